@@ -1,0 +1,3 @@
+from .resnet import ResNetBackbone
+
+__all__ = ["ResNetBackbone"]

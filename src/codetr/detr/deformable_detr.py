@@ -1,0 +1,205 @@
+"""Deformable DETR (Zhu et al., ICLR 2021), with iterative box refinement and two-stage.
+
+    images -> ResNet (C3..C5) -> 1x1 conv + GN per level (+ stride-2 extra levels)
+           -> deformable encoder -> [two-stage: top-k encoder proposals]
+           -> deformable decoder (boxes refined layer by layer)
+           -> per layer: class logits (focal, no background) and boxes (sigmoid cxcywh)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..backbones import ResNetBackbone
+from ..assign import HungarianMatcher
+from ..boxes import cxcywh_to_xyxy, inverse_sigmoid, xyxy_to_cxcywh
+from ..detector import Detector, InputSpec
+from ..nn import MLP, SinePositionEncoding
+from ..structures import ClassInfo, Detections, Target, padding_mask
+from .criterion import SetCriterion, loss_weights
+from .transformer import DeformableTransformer
+
+
+@dataclass
+class DeformableDETRConfig:
+    """Every number the model is built from. Defaults are the official R50 settings."""
+
+    num_classes: int = 91
+    backbone_depth: int = 50
+    backbone_norm: str = "frozen_bn"
+    backbone_frozen_stages: int = 1
+    dilation: bool = False
+    hidden_dim: int = 256
+    num_heads: int = 8
+    enc_layers: int = 6
+    dec_layers: int = 6
+    ffn_dim: int = 1024
+    dropout: float = 0.1
+    num_feature_levels: int = 4
+    enc_points: int = 4
+    dec_points: int = 4
+    num_queries: int = 300
+    with_box_refine: bool = False
+    two_stage: bool = False
+    # matching costs and loss weights
+    cost_class: float = 2.0
+    cost_bbox: float = 5.0
+    cost_giou: float = 2.0
+    cls_loss_coef: float = 2.0
+    bbox_loss_coef: float = 5.0
+    giou_loss_coef: float = 2.0
+    focal_alpha: float = 0.25
+    aux_loss: bool = True
+    num_select: int = 100  # detections kept per image at inference
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def input_projections(in_channels: list[int], dim: int, num_levels: int) -> nn.ModuleList:
+    """1x1 conv + GroupNorm per backbone level, then 3x3 stride-2 conv + GN for each extra level."""
+    projs = [nn.Sequential(nn.Conv2d(c, dim, 1), nn.GroupNorm(32, dim)) for c in in_channels]
+    prev = in_channels[-1]
+    for _ in range(num_levels - len(in_channels)):
+        projs.append(nn.Sequential(nn.Conv2d(prev, dim, 3, stride=2, padding=1), nn.GroupNorm(32, dim)))
+        prev = dim
+    for proj in projs:
+        nn.init.xavier_uniform_(proj[0].weight, gain=1)
+        nn.init.zeros_(proj[0].bias)
+    return nn.ModuleList(projs)
+
+
+class DeformableDETR(Detector):
+    family = "deformable_detr"
+
+    def __init__(self, config: DeformableDETRConfig, classes: ClassInfo | None = None,
+                 input_spec: InputSpec | None = None) -> None:
+        super().__init__(classes or ClassInfo.anonymous(config.num_classes), input_spec)
+        if len(self.classes) != config.num_classes:
+            raise ValueError(f"{len(self.classes)} classes given for num_classes={config.num_classes}")
+        self.config = c = config
+        num_backbone_levels = min(c.num_feature_levels, 3)
+        self.backbone = ResNetBackbone(c.backbone_depth, c.backbone_norm, range(5 - num_backbone_levels, 5),
+                                       c.backbone_frozen_stages, c.dilation)
+        self.position = SinePositionEncoding(c.hidden_dim // 2)
+        self.input_proj = input_projections(self.backbone.out_channels, c.hidden_dim, c.num_feature_levels)
+        self.transformer = DeformableTransformer(
+            c.hidden_dim, c.num_heads, c.enc_layers, c.dec_layers, c.ffn_dim, c.dropout,
+            c.num_feature_levels, c.enc_points, c.dec_points, c.two_stage, c.num_queries)
+        if not c.two_stage:
+            self.query_embed = nn.Embedding(c.num_queries, 2 * c.hidden_dim)
+        self.class_embed, self.bbox_embed = self._build_heads()
+        self.criterion = SetCriterion(
+            c.num_classes, HungarianMatcher(c.cost_class, c.cost_bbox, c.cost_giou, c.focal_alpha),
+            loss_weights(c.dec_layers - 1 if c.aux_loss else 0, c.two_stage,
+                         c.cls_loss_coef, c.bbox_loss_coef, c.giou_loss_coef), c.focal_alpha)
+
+    def _build_heads(self) -> tuple[nn.ModuleList, nn.ModuleList]:
+        """One head per decoder layer (+1 for the encoder proposals in two-stage). Without box
+        refinement the decoder layers share one head, as official."""
+        c = self.config
+        num_pred = c.dec_layers + (1 if c.two_stage else 0)
+
+        def new_heads() -> tuple[nn.Linear, MLP]:
+            cls, box = nn.Linear(c.hidden_dim, c.num_classes), MLP(c.hidden_dim, c.hidden_dim, 4, 3)
+            nn.init.constant_(cls.bias, -math.log((1 - 0.01) / 0.01))  # prior probability 0.01
+            nn.init.zeros_(box.layers[-1].weight)
+            nn.init.zeros_(box.layers[-1].bias)
+            return cls, box
+
+        if c.with_box_refine:
+            pairs = [new_heads() for _ in range(num_pred)]
+        else:
+            shared = new_heads()
+            pairs = [shared] * c.dec_layers + ([new_heads()] if c.two_stage else [])
+        initial_wh = 0.0 if c.two_stage else -2.0  # refined single-stage boxes start small
+        with torch.no_grad():
+            for _, box in pairs:
+                box.layers[-1].bias[2:] = initial_wh
+        return nn.ModuleList(p[0] for p in pairs), nn.ModuleList(p[1] for p in pairs)
+
+    # -- forward ---------------------------------------------------------------------------
+    def features(self, images: Tensor, sizes: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """Projected multi-scale maps, their padding masks and position encodings."""
+        mask = padding_mask(sizes, images.shape[-2], images.shape[-1])
+        feats = self.backbone(images)
+        srcs = [proj(f) for proj, f in zip(self.input_proj, feats)]
+        for proj in self.input_proj[len(feats):]:
+            srcs.append(proj(feats[-1] if len(srcs) == len(feats) else srcs[-1]))
+        masks = [F.interpolate(mask[None].float(), size=s.shape[-2:]).to(torch.bool)[0] for s in srcs]
+        pos = [self.position(m).to(s.dtype) for s, m in zip(srcs, masks)]
+        return srcs, masks, pos
+
+    def forward_raw(self, images: Tensor, sizes: Tensor) -> dict:
+        """The official output dict, plus '_inter' holding intermediates for inspection."""
+        c = self.config
+        srcs, masks, pos = self.features(images, sizes)
+        enc = self.transformer.encode(srcs, masks, pos)
+        out: dict = {}
+        if c.two_stage:
+            sel = self.transformer.select_proposals(enc, self.class_embed[c.dec_layers], self.bbox_embed[c.dec_layers])
+            tgt, query_pos, reference = sel["tgt"], sel["query_pos"], sel["reference"]
+            out["enc_outputs"] = {"pred_logits": sel["enc_logits"], "pred_boxes": sel["enc_coords_unact"].sigmoid()}
+        else:
+            query_pos, tgt = self.query_embed.weight.split(c.hidden_dim, dim=1)
+            B = images.shape[0]
+            query_pos, tgt = query_pos[None].expand(B, -1, -1), tgt[None].expand(B, -1, -1)
+            reference = self.transformer.reference_points(query_pos).sigmoid()
+            sel = {}
+        hs, refs = self.transformer.decode(tgt, query_pos, reference, enc,
+                                           self.bbox_embed if c.with_box_refine else None)
+        logits, boxes = [], []
+        for lvl in range(c.dec_layers):
+            ref = inverse_sigmoid(reference if lvl == 0 else refs[lvl - 1])
+            delta = self.bbox_embed[lvl](hs[lvl])
+            delta = delta + ref if ref.shape[-1] == 4 else torch.cat([delta[..., :2] + ref, delta[..., 2:]], -1)
+            logits.append(self.class_embed[lvl](hs[lvl]))
+            boxes.append(delta.sigmoid())
+        out.update(pred_logits=logits[-1], pred_boxes=boxes[-1])
+        if c.aux_loss:
+            out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
+        out["_inter"] = {"srcs": srcs, "masks": masks, "pos": pos, "memory": enc["memory"], "hs": hs,
+                         "init_reference": reference, "inter_references": refs, **sel}
+        return out
+
+    def forward(self, images: Tensor, sizes: Tensor, targets: list[Target] | None = None) -> dict:
+        out = self.forward_raw(images, sizes)
+        out.pop("_inter")
+        if not self.training:
+            return out
+        if targets is None:
+            raise ValueError("DeformableDETR in train mode needs targets")
+        losses = self.criterion(out, detr_targets(targets, sizes))
+        return self.criterion.weighted(losses)
+
+    @torch.no_grad()
+    def postprocess(self, outputs: dict, sizes: Tensor) -> list[Detections]:
+        """Top ``num_select`` (query, class) pairs by sigmoid score over all queries x classes."""
+        return topk_postprocess(outputs["pred_logits"], outputs["pred_boxes"], sizes, self.config.num_select)
+
+
+def detr_targets(targets: list[Target], sizes: Tensor) -> list[dict[str, Tensor]]:
+    """codetr Targets (absolute xyxy) -> DETR targets (normalized cxcywh of the valid image).
+    Crowd boxes are not matched, as in the official COCO loader."""
+    out = []
+    for t, (h, w) in zip(targets, sizes.tolist()):
+        t = t.non_crowd()
+        scale = t.boxes.new_tensor([w, h, w, h])
+        out.append({"labels": t.labels, "boxes": xyxy_to_cxcywh(t.boxes / scale)})
+    return out
+
+
+def topk_postprocess(logits: Tensor, boxes: Tensor, sizes: Tensor, num_select: int) -> list[Detections]:
+    """logits [B, Q, K], boxes [B, Q, 4] normalized cxcywh -> per image the ``num_select`` best
+    (query, class) pairs, boxes xyxy in the pixels of each image's valid size."""
+    B, Q, K = logits.shape
+    scores, index = logits.sigmoid().view(B, -1).topk(min(num_select, Q * K), dim=1)
+    query, labels = index // K, index % K
+    xyxy = torch.gather(cxcywh_to_xyxy(boxes), 1, query[..., None].expand(-1, -1, 4))
+    h, w = sizes.unbind(1)
+    xyxy = xyxy * torch.stack([w, h, w, h], 1)[:, None].to(xyxy.dtype)
+    return [Detections(xyxy[i], scores[i], labels[i]) for i in range(B)]
