@@ -1,0 +1,181 @@
+"""Detection transforms: image, boxes and masks move together.
+
+Built on ``torchvision.transforms.v2``: the image is a ``tv_tensors.Image``, boxes are
+``tv_tensors.BoundingBoxes`` (XYXY, ``canvas_size`` = image (h, w)) and masks a
+``tv_tensors.Mask``; each random transform draws its parameters once per call in
+``make_params`` and applies them to all three in ``transform``.
+
+A ``DetectionTransform`` is called as ``transform(image, target) -> (image, target)``:
+``image`` a PIL image or a uint8 [3, H, W] tensor, the result a float [3, H', W'] tensor
+normalized with (mean, std) on [0, 1] values, and the ``Target`` with boxes / labels /
+iscrowd / masks updated and ``size = (H', W')`` (``image_id`` and ``orig_size`` unchanged).
+Objects whose box becomes empty (w or h <= 0, e.g. cropped away) are dropped.
+
+Every resize follows ``codetr.detector.resized_hw`` (DETR's rule), so eval inputs here equal
+those of ``Detector.prepare`` up to the resampling filter.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from ..detector import resized_hw
+from ..structures import Target
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# DETR's official training augmentation (main.py / datasets/coco.py defaults).
+DETR_SCALES = tuple(range(480, 801, 32))
+DETR_MAX_SIZE = 1333
+DETR_CROP_RESIZE_SCALES = (400, 500, 600)
+DETR_CROP_MIN, DETR_CROP_MAX = 384, 600
+
+
+def _canvas_hw(flat_inputs: list[Any]) -> tuple[int, int]:
+    """(h, w) of the image in a flattened v2 sample."""
+    for inpt in flat_inputs:
+        if isinstance(inpt, (tv_tensors.Image, Image.Image)):
+            h, w = F.get_size(inpt)
+            return int(h), int(w)
+    raise TypeError("detection transforms need a tv_tensors.Image or PIL image in the sample")
+
+
+def _randint(low: int, high: int) -> int:
+    """Uniform integer in [low, high] from torch's global generator (seeded per worker)."""
+    return int(torch.randint(low, high + 1, ()))
+
+
+class RandomShorterResize(v2.Transform):
+    """Resize so the shorter side becomes one of ``sizes`` (drawn once per call) and the
+    longer side is at most ``max_size`` (``None``: no cap), by ``resized_hw``."""
+
+    def __init__(self, sizes: Sequence[int], max_size: int | None = None) -> None:
+        super().__init__()
+        if not sizes:
+            raise ValueError("RandomShorterResize: sizes is empty")
+        self.sizes = [int(s) for s in sizes]
+        self.max_size = max_size
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        h, w = _canvas_hw(flat_inputs)
+        size = self.sizes[_randint(0, len(self.sizes) - 1)]
+        cap = sys.maxsize if self.max_size is None else self.max_size
+        return {"hw": list(resized_hw(h, w, size, cap))}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        # Images: bilinear with antialias; boxes: scaled by (w'/w, h'/h); masks: pixel-centre
+        # aligned nearest ("nearest-exact"), which keeps them within 0.5 px of the scaled boxes
+        # and on the image (DETR's plain "nearest" shifts them by up to half an input pixel).
+        if isinstance(inpt, tv_tensors.Mask):
+            return F.resize(inpt, params["hw"], interpolation=v2.InterpolationMode.NEAREST_EXACT)
+        return self._call_kernel(F.resize, inpt, params["hw"], antialias=True)
+
+
+class RandomSizeCrop(v2.Transform):
+    """Crop a random window: width uniform in [min_size, min(w, max_size)], height likewise,
+    position uniform. Images smaller than ``min_size`` are cropped to at most their size.
+    Boxes are shifted and clamped to the window (they may become empty)."""
+
+    def __init__(self, min_size: int, max_size: int) -> None:
+        super().__init__()
+        if not 0 < min_size <= max_size:
+            raise ValueError(f"RandomSizeCrop: need 0 < min_size <= max_size, got {min_size}, {max_size}")
+        self.min_size, self.max_size = int(min_size), int(max_size)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        h, w = _canvas_hw(flat_inputs)
+        cw = _randint(min(self.min_size, w), min(w, self.max_size))
+        ch = _randint(min(self.min_size, h), min(h, self.max_size))
+        return {"top": _randint(0, h - ch), "left": _randint(0, w - cw), "height": ch, "width": cw}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return self._call_kernel(F.crop, inpt, **params)
+
+
+class DetectionTransform:
+    """(image, Target) -> (normalized float [3, H, W], Target). ``pipeline`` is the v2
+    transform applied to the sample dict {"image", "boxes", "masks"}; normalization and the
+    removal of empty boxes follow it."""
+
+    def __init__(self, pipeline: v2.Transform, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.pipeline = pipeline
+        self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
+
+    def __call__(self, image: Image.Image | Tensor, target: Target) -> tuple[Tensor, Target]:
+        image = _as_tv_image(image)
+        h, w = image.shape[-2:]
+        sample: dict[str, Any] = {
+            "image": image,
+            "boxes": tv_tensors.BoundingBoxes(target.boxes.float(), format="XYXY", canvas_size=(h, w),
+                                              clamping_mode="hard"),
+        }
+        if target.masks is not None:
+            sample["masks"] = tv_tensors.Mask(target.masks)
+        sample = self.pipeline(sample)
+
+        out = sample["image"].as_subclass(Tensor)
+        x = F.normalize(F.to_dtype(out, torch.float32, scale=True), self.mean, self.std)
+        boxes = sample["boxes"].as_subclass(Tensor)
+        masks = sample["masks"].as_subclass(Tensor) if target.masks is not None else None
+        new = replace(target, boxes=boxes, masks=masks, size=(int(x.shape[-2]), int(x.shape[-1])))
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        return x, new if bool(keep.all()) else new.select(keep)
+
+    def __repr__(self) -> str:
+        return f"DetectionTransform({self.pipeline!r}, mean={self.mean}, std={self.std})"
+
+
+def _as_tv_image(image: Image.Image | Tensor) -> tv_tensors.Image:
+    if isinstance(image, Image.Image):
+        return tv_tensors.Image(F.pil_to_tensor(image.convert("RGB")))
+    if isinstance(image, Tensor) and image.ndim == 3 and image.shape[0] == 3:
+        return tv_tensors.Image(image)
+    shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+    raise TypeError(f"expected a PIL image or a [3, H, W] tensor, got {shape}")
+
+
+def detr_train_transforms(
+    scales: Sequence[int] = DETR_SCALES,
+    max_size: int = DETR_MAX_SIZE,
+    crop_resize_scales: Sequence[int] = DETR_CROP_RESIZE_SCALES,
+    crop_min: int = DETR_CROP_MIN,
+    crop_max: int = DETR_CROP_MAX,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> DetectionTransform:
+    """DETR's training augmentation: horizontal flip (p=0.5), then with equal chance either a
+    multi-scale resize (shorter side from ``scales``, longer <= ``max_size``) or resize
+    (shorter side from ``crop_resize_scales``, uncapped as official) -> random-size crop
+    ([crop_min, crop_max]) -> the same multi-scale resize; then empty boxes are dropped and the
+    image normalized. Tiny config for 64-256 px images: scales=range(96, 161, 16),
+    max_size=213, crop_resize_scales=(100, 125, 150), crop_min=96, crop_max=150."""
+    multi_scale = RandomShorterResize(scales, max_size)
+    pipeline = v2.Compose([
+        v2.RandomHorizontalFlip(0.5),
+        v2.RandomChoice([
+            multi_scale,
+            v2.Compose([RandomShorterResize(crop_resize_scales), RandomSizeCrop(crop_min, crop_max),
+                        multi_scale]),
+        ]),
+    ])
+    return DetectionTransform(pipeline, mean, std)
+
+
+def eval_transforms(
+    min_size: int = 800,
+    max_size: int = 1333,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> DetectionTransform:
+    """Resize the shorter side to ``min_size`` with the longer side capped at ``max_size``
+    (``resized_hw``), then normalize."""
+    return DetectionTransform(RandomShorterResize([min_size], max_size), mean, std)
