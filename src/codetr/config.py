@@ -1,0 +1,233 @@
+"""Typed run configuration: ``RunConfig`` = model name + model args + ``DataConfig`` + ``TrainConfig``.
+
+Plain dataclasses, saved as a plain dict with every checkpoint (``to_dict``/``from_dict``
+round trip). Command-line style overrides::
+
+    cfg = apply_overrides(RunConfig(), ["train.epochs=24", "train.lr_multipliers.backbone=0.2",
+                                        "data.train_scales=[96,128]", "model=dino_r50"])
+
+Values are parsed as Python/JSON literals (a bare word stays a string) and checked against the
+field's type; an unknown key raises ``ConfigError`` naming it and the valid keys.
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+import json
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+COCO_TRAIN_SCALES = [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800]
+
+
+class ConfigError(ValueError):
+    """A config key or value that does not fit the config's schema."""
+
+
+@dataclass
+class DataConfig:
+    """Where the data lives and how it is augmented.
+
+    Either ``path``, a COCO-style root (``annotations/instances_{train,val}.json``, ``train/``,
+    ``val/``), or explicit ``{train,val}_{ann,images}``; relative explicit paths are resolved
+    against ``root`` (or ``path``) when given. ``split_paths`` does the resolution.
+    """
+
+    path: str | None = None
+    root: str | None = None
+    train_ann: str | None = None
+    train_images: str | None = None
+    val_ann: str | None = None
+    val_images: str | None = None
+    train_scales: list[int] = field(default_factory=lambda: list(COCO_TRAIN_SCALES))
+    max_size: int = 1333
+    crop: bool = True                     # DETR's random resize -> crop -> resize branch
+    crop_scales: list[int] = field(default_factory=lambda: [400, 500, 600])
+    crop_min_size: int = 384
+    crop_max_size: int = 600
+    eval_min_size: int = 800
+    eval_max_size: int = 1333
+    num_workers: int = 2
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+    def split_paths(self, split: str) -> tuple[Path, Path]:
+        """(annotation file, image folder) of ``split`` ('train' or 'val')."""
+        if split not in ("train", "val"):
+            raise ConfigError(f"split must be 'train' or 'val', got {split!r}")
+        ann, images = getattr(self, f"{split}_ann"), getattr(self, f"{split}_images")
+        base = self.root or self.path
+        if ann is None or images is None:
+            if self.path is None:
+                raise ConfigError(f"data: set data.path (COCO-style root) or data.{split}_ann "
+                                  f"and data.{split}_images")
+            ann = ann or f"annotations/instances_{split}.json"
+            images = images or split
+        resolve = (lambda p: Path(base) / p) if base else Path
+        return resolve(ann), resolve(images)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation schedule. Iteration counts (``warmup_iters``, ``checkpoint_every_iters``,
+    ``max_iters``) count loader batches; the LR schedule counts optimizer steps (equal when
+    ``accumulate == 1``). ``lr_drop`` is an epoch (None: never drop)."""
+
+    epochs: int = 50
+    batch_size: int = 2
+    lr: float = 2e-4
+    weight_decay: float = 1e-4
+    lr_multipliers: dict[str, float] = field(default_factory=lambda: {
+        "backbone": 0.1, "sampling_offsets": 0.1, "reference_points": 0.1})
+    clip_max_norm: float = 0.1            # <= 0 disables clipping
+    lr_drop: int | None = 40
+    lr_gamma: float = 0.1
+    warmup_iters: int = 0
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    accumulate: int = 1
+    eval_every: int = 1                   # epochs; <= 0 disables evaluation
+    checkpoint_every_iters: int = 1000    # <= 0: only at epoch ends
+    seed: int = 42
+    log_every: int = 20
+    max_iters: int | None = None
+    device: str = "auto"                  # "auto", "cpu", "cuda", ...
+    find_unused_parameters: bool = False
+
+    def __post_init__(self) -> None:
+        if self.amp not in ("none", "bf16", "fp16"):
+            raise ConfigError(f"train.amp must be 'none', 'bf16' or 'fp16', got {self.amp!r}")
+        if self.accumulate < 1 or self.batch_size < 1:
+            raise ConfigError("train.accumulate and train.batch_size must be >= 1")
+
+
+@dataclass
+class RunConfig:
+    model: str = "deformable_detr_r50"
+    model_args: dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out_dir: str = "runs/default"
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        return from_dict(cls, d)
+
+
+def to_dict(cfg: Any) -> dict:
+    """A config dataclass -> plain dict (lists, dicts, str, numbers, None)."""
+    return json.loads(json.dumps(asdict(cfg)))
+
+
+def from_dict(cls: type, d: dict, prefix: str = "") -> Any:
+    """Build config dataclass ``cls`` from a (possibly partial) dict, type-checking every value."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{prefix or cls.__name__}: expected a dict, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in d.items():
+        _check_field(cls, key, prefix)
+        kwargs[key] = _coerce(value, hints[key], prefix + key)
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """A RunConfig from a JSON file, then ``overrides``."""
+    with open(path) as f:
+        return apply_overrides(RunConfig.from_dict(json.load(f)), list(overrides))
+
+
+def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
+    """Return a copy of ``cfg`` with each ``"a.b.c=value"`` applied in order."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        cfg = _set(cfg, key.strip().split("."), parse_value(text.strip()), "")
+    return cfg
+
+
+def parse_value(text: str) -> Any:
+    """'24' -> 24, '[96,128]' -> [96, 128], 'true'/'null' (JSON) -> True/None, 'dino' -> 'dino'."""
+    for parse in (ast.literal_eval, json.loads):
+        try:
+            return parse(text)
+        except (ValueError, SyntaxError, TypeError):
+            continue
+    return text
+
+
+def _set(obj: Any, keys: list[str], value: Any, prefix: str) -> Any:
+    """``obj`` (dataclass or dict) with ``keys`` path set to ``value``, type-checked."""
+    key, rest = keys[0], keys[1:]
+    if is_dataclass(obj):
+        _check_field(type(obj), key, prefix)
+        hint = typing.get_type_hints(type(obj))[key]
+        current = getattr(obj, key)
+        if rest and not (is_dataclass(current) or isinstance(current, dict)):
+            raise ConfigError(f"config key {prefix + key!r} is a {type(current).__name__}, "
+                              f"it has no sub-key {rest[0]!r}")
+        new = _set(current, rest, value, f"{prefix}{key}.") if rest else value
+        return replace(obj, **{key: _coerce(new, hint, prefix + key)})
+    # a dict field such as lr_multipliers / model_args: free keys, values typed by the schema
+    new = dict(obj)
+    if rest:
+        new[key] = _set(obj.get(key, {}), rest, value, f"{prefix}{key}.")
+    else:
+        new[key] = value
+    return new
+
+
+def _check_field(cls: type, key: str, prefix: str) -> None:
+    names = [f.name for f in fields(cls)]
+    if key not in names:
+        close = difflib.get_close_matches(key, names, n=1)
+        hint = f"; did you mean {prefix + close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown config key {prefix + key!r} ({cls.__name__} has no field "
+                          f"{key!r}; valid: {', '.join(names)}){hint}")
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """``value`` checked against type ``hint`` (ints accepted as floats, lists as tuples)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if is_dataclass(hint):
+        return value if isinstance(value, hint) else from_dict(hint, value, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise _type_error(key, value, hint)
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"config key {key!r} must be one of {list(args)}, got {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(key, value, hint)
+        item = args[0] if args else Any
+        return origin(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _type_error(key, value, hint)
+        return {k: _coerce(v, args[1] if args else Any, f"{key}.{k}") for k, v in value.items()}
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(hint, type) and isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise _type_error(key, value, hint)
+
+
+def _type_error(key: str, value: Any, hint: Any) -> ConfigError:
+    name = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+    return ConfigError(f"config key {key!r} expects {name}, got {value!r} ({type(value).__name__})")
