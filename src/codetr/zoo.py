@@ -84,3 +84,30 @@ def deformable_detr_tiny(classes: ClassInfo, **overrides: Any) -> DeformableDETR
         enc_layers=2, dec_layers=3, ffn_dim=512, dropout=0.0, num_feature_levels=4, num_queries=50,
         with_box_refine=True, two_stage=True, num_select=50)
     return _deformable_detr(classes, base, replace(TINY_INPUT), overrides)
+
+
+# -- recipes: the data and schedule each model trains with by default ----------------------------
+def _tiny_recipe(name: str) -> "RunConfig":
+    """~128 px images, light augmentation (flip + scale jitter: at this budget the crop branch
+    costs more than it gives), trainable backbone at the full LR (no pretrained weights to
+    protect), batch 4 for more updates per image."""
+    from .config import DataConfig, RunConfig, TrainConfig
+
+    data = DataConfig(train_scales=[96, 112, 128, 144], max_size=192, crop=False, eval_min_size=128,
+                      eval_max_size=170, num_workers=1)
+    train = TrainConfig(epochs=12, batch_size=4, lr=4e-4, lr_drop=10, warmup_iters=100,
+                        lr_multipliers={"sampling_offsets": 0.1, "reference_points": 0.1},
+                        eval_every=3, checkpoint_every_iters=500, log_every=25)
+    return RunConfig(model=name, out_dir=f"runs/{name}", data=data, train=train)
+
+
+def recipe(name: str) -> "RunConfig":
+    """The default ``RunConfig`` of a zoo model (``codetr train NAME`` starts from it)."""
+    from .config import DataConfig, RunConfig, TrainConfig
+
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    if name.endswith("_tiny"):
+        return _tiny_recipe(name)
+    # official Deformable DETR schedule: 50 epochs, drop at 40, batch 2 per GPU
+    return RunConfig(model=name, out_dir=f"runs/{name}", data=DataConfig(), train=TrainConfig())

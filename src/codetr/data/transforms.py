@@ -146,7 +146,7 @@ def _as_tv_image(image: Image.Image | Tensor) -> tv_tensors.Image:
 def detr_train_transforms(
     scales: Sequence[int] = DETR_SCALES,
     max_size: int = DETR_MAX_SIZE,
-    crop_resize_scales: Sequence[int] = DETR_CROP_RESIZE_SCALES,
+    crop_resize_scales: Sequence[int] | None = DETR_CROP_RESIZE_SCALES,
     crop_min: int = DETR_CROP_MIN,
     crop_max: int = DETR_CROP_MAX,
     mean: Sequence[float] = IMAGENET_MEAN,
@@ -156,17 +156,18 @@ def detr_train_transforms(
     multi-scale resize (shorter side from ``scales``, longer <= ``max_size``) or resize
     (shorter side from ``crop_resize_scales``, uncapped as official) -> random-size crop
     ([crop_min, crop_max]) -> the same multi-scale resize; then empty boxes are dropped and the
-    image normalized. Tiny config for 64-256 px images: scales=range(96, 161, 16),
-    max_size=213, crop_resize_scales=(100, 125, 150), crop_min=96, crop_max=150."""
+    image normalized. ``crop_resize_scales=None`` leaves out the crop branch. Tiny config for
+    64-256 px images: scales=range(96, 161, 16), max_size=213, crop_resize_scales=(100, 125,
+    150), crop_min=96, crop_max=150."""
     multi_scale = RandomShorterResize(scales, max_size)
-    pipeline = v2.Compose([
-        v2.RandomHorizontalFlip(0.5),
-        v2.RandomChoice([
+    resize: v2.Transform = multi_scale
+    if crop_resize_scales:
+        resize = v2.RandomChoice([
             multi_scale,
             v2.Compose([RandomShorterResize(crop_resize_scales), RandomSizeCrop(crop_min, crop_max),
                         multi_scale]),
-        ]),
-    ])
+        ])
+    pipeline = v2.Compose([v2.RandomHorizontalFlip(0.5), resize])
     return DetectionTransform(pipeline, mean, std)
 
 

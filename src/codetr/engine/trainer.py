@@ -79,6 +79,7 @@ class Trainer:
         self.out_dir = Path(cfg.out_dir)
         self.epoch = self.iter = self.global_step = 0   # position: batch `iter` of `epoch`
         self.best: dict[str, float] = {}
+        self.last_metrics: dict[str, float] = {}   # the latest evaluation's
         self.step_logs: dict[str, float] = {}
         self.at_boundary = True       # last step ended an accumulation window (optimizer stepped)
         self._resume_rng: list | None = None
@@ -288,6 +289,7 @@ class EvalHook(HookBase):
     def run(self) -> dict[str, float]:
         t = self.trainer
         metrics = evaluate(t.model, t.val_loader, t.coco_gt, unwrap(t.model).classes)
+        t.last_metrics = metrics
         t.log({"type": "eval", "step": t.global_step, "epoch": t.epoch, **metrics})
         if metrics["AP"] > t.best.get("AP", -math.inf):
             t.best = {"AP": metrics["AP"], "epoch": t.epoch, "step": t.global_step}

@@ -1,0 +1,131 @@
+"""What each ``codetr`` subcommand does (argument parsing lives in cli.py)."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from argparse import Namespace
+from dataclasses import replace
+from pathlib import Path
+
+log = logging.getLogger("codetr")
+
+
+def _print_metrics(metrics: dict) -> None:
+    keys = [k for k in ("AP", "AP50", "AP75", "APs", "APm", "APl") if k in metrics]
+    print("  ".join(f"{k} {metrics[k]:.3f}" for k in keys))
+
+
+def train(args: Namespace) -> int:
+    from .config import apply_overrides
+    from .zoo import recipe
+
+    cfg = recipe(args.model)
+    cfg = replace(cfg, data=replace(cfg.data, path=args.data), out_dir=args.out or cfg.out_dir)
+    run(apply_overrides(cfg, args.set), resume=args.resume)
+    return 0
+
+
+def run(cfg, resume: str | None = None):
+    """Build datasets and model from a RunConfig and train it; returns the Trainer."""
+    from .data.build import train_dataset, val_dataset
+    from .engine.trainer import train as train_loop
+    from .zoo import create
+
+    train_ds = train_dataset(cfg.data)
+    val_ds = val_dataset(cfg.data)
+    if val_ds.classes.category_ids != train_ds.classes.category_ids:
+        raise ValueError(f"train and val category ids differ: {train_ds.classes.category_ids} vs "
+                         f"{val_ds.classes.category_ids}")
+    model = create(cfg.model, classes=train_ds.classes, **cfg.model_args)
+    model.model_name = cfg.model
+    log.info("training %s on %d images (%d classes) -> %s", cfg.model, len(train_ds), len(train_ds.classes),
+             cfg.out_dir)
+    return train_loop(cfg, model, train_ds, val_ds, resume=resume)
+
+
+def eval(args: Namespace) -> int:  # noqa: A001 (the subcommand's name)
+    from .api import load
+    from .config import DataConfig
+    from .data.build import val_dataset
+    from .data.loader import build_loader
+    from .engine.evaluate import evaluate, write_results_json
+
+    model = load(args.checkpoint)
+    spec = model.input_spec
+    data = DataConfig(path=args.data, eval_min_size=spec.min_size, eval_max_size=spec.max_size,
+                      mean=list(spec.mean), std=list(spec.std))
+    dataset = val_dataset(data)
+    loader = build_loader(dataset, args.batch_size, shuffle=False, num_workers=0)
+    metrics = evaluate(model, loader, dataset.coco, model.classes, results_path=args.results)
+    _print_metrics(metrics)
+    return 0
+
+
+def predict(args: Namespace) -> int:
+    from .api import load
+    from .engine.predict import predict_files
+
+    model = load(args.checkpoint)
+    path = predict_files(model, args.inputs, args.out, args.score_threshold)
+    print(f"wrote {path} and drawn images in {path.parent}")
+    return 0
+
+
+def convert(args: Namespace) -> int:
+    from .api import save
+    from .convert import load_official
+
+    config = json.loads(Path(args.config).read_text()) if args.config else None
+    model = load_official(args.family, args.input, config)
+    save(model, args.output, model_name=f"{args.family}_official")
+    print(f"wrote {args.output} ({model.family}, {model.num_classes} classes)")
+    return 0
+
+
+def data(args: Namespace) -> int:
+    from .data.synth import write_synthetic_coco
+
+    paths = write_synthetic_coco(args.out, args.train, args.val, args.size, args.seed)
+    print(f"wrote {args.train} train and {args.val} val images to {paths['root']}")
+    return 0
+
+
+def models(args: Namespace) -> int:
+    from .zoo import list_models
+
+    print("\n".join(list_models()))
+    return 0
+
+
+def demo(args: Namespace) -> int:
+    """Synthetic data -> train the tiny model -> COCO AP on val -> drawn predictions."""
+    from .config import apply_overrides
+    from .data.synth import write_synthetic_coco
+    from .engine.evaluate import evaluate
+    from .engine.predict import predict_files
+    from .engine.trainer import unwrap
+    from .zoo import recipe
+
+    start = time.time()
+    out = Path(args.out)
+    data_dir = out / "data"
+    if not (data_dir / "annotations" / "instances_val.json").is_file():
+        write_synthetic_coco(data_dir, num_train=DEMO_TRAIN_IMAGES, num_val=DEMO_VAL_IMAGES, image_size=128, seed=0)
+        log.info("synthetic dataset written to %s (%.0f s)", data_dir, time.time() - start)
+    cfg = recipe(args.model)
+    cfg = replace(cfg, data=replace(cfg.data, path=str(data_dir)), out_dir=str(out / "train"))
+    trainer = run(apply_overrides(cfg, args.set), resume="auto")
+    model = unwrap(trainer.model)
+    metrics = trainer.last_metrics or evaluate(model, trainer.val_loader, trainer.coco_gt, model.classes)
+    val_images = sorted((data_dir / "val").iterdir())[:8]
+    preds = predict_files(model, val_images, out / "predictions", score_threshold=0.3)
+    print(f"\ncodetr demo: {cfg.model} trained in {(time.time() - start) / 60:.1f} min; COCO AP on the synthetic val split:")
+    _print_metrics(metrics)
+    print(f"metrics: {trainer.out_dir / 'metrics.jsonl'}   checkpoint: {trainer.out_dir / 'last.ckpt'}   "
+          f"drawn predictions: {preds.parent}")
+    return 0
+
+
+DEMO_TRAIN_IMAGES = 1000
+DEMO_VAL_IMAGES = 200

@@ -1,0 +1,20 @@
+"""Datasets from a ``DataConfig``: the train split with DETR augmentation, val with eval resize."""
+from __future__ import annotations
+
+from ..config import DataConfig
+from .coco import CocoDetection
+from .transforms import detr_train_transforms, eval_transforms
+
+
+def train_dataset(cfg: DataConfig, with_masks: bool = False) -> CocoDetection:
+    ann, images = cfg.split_paths("train")
+    crop = dict(crop_resize_scales=cfg.crop_scales, crop_min=cfg.crop_min_size, crop_max=cfg.crop_max_size) \
+        if cfg.crop else dict(crop_resize_scales=None)
+    transforms = detr_train_transforms(cfg.train_scales, cfg.max_size, mean=cfg.mean, std=cfg.std, **crop)
+    return CocoDetection(ann, images, transforms, with_masks=with_masks)
+
+
+def val_dataset(cfg: DataConfig, with_masks: bool = False) -> CocoDetection:
+    ann, images = cfg.split_paths("val")
+    transforms = eval_transforms(cfg.eval_min_size, cfg.eval_max_size, cfg.mean, cfg.std)
+    return CocoDetection(ann, images, transforms, with_masks=with_masks)
