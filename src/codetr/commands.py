@@ -49,7 +49,7 @@ def eval(args: Namespace) -> int:  # noqa: A001 (the subcommand's name)
     from .config import DataConfig
     from .data.build import val_dataset
     from .data.loader import build_loader
-    from .engine.evaluate import evaluate, write_results_json
+    from .engine.evaluate import evaluate
 
     model = load(args.checkpoint)
     spec = model.input_spec
@@ -100,11 +100,13 @@ def models(args: Namespace) -> int:
 
 def demo(args: Namespace) -> int:
     """Synthetic data -> train the tiny model -> COCO AP on val -> drawn predictions."""
+    from .api import load
     from .config import apply_overrides
+    from .data.build import val_dataset
+    from .data.loader import build_loader
     from .data.synth import write_synthetic_coco
     from .engine.evaluate import evaluate
     from .engine.predict import predict_files
-    from .engine.trainer import unwrap
     from .zoo import recipe
 
     start = time.time()
@@ -115,16 +117,56 @@ def demo(args: Namespace) -> int:
         log.info("synthetic dataset written to %s (%.0f s)", data_dir, time.time() - start)
     cfg = recipe(args.model)
     cfg = replace(cfg, data=replace(cfg.data, path=str(data_dir)), out_dir=str(out / "train"))
-    trainer = run(apply_overrides(cfg, args.set), resume="auto")
-    model = unwrap(trainer.model)
-    metrics = trainer.last_metrics or evaluate(model, trainer.val_loader, trainer.coco_gt, model.classes)
-    val_images = sorted((data_dir / "val").iterdir())[:8]
-    preds = predict_files(model, val_images, out / "predictions", score_threshold=0.3)
+    cfg = apply_overrides(cfg, args.set)
+    train_in_processes(cfg, args.procs)
+    model = load(Path(cfg.out_dir) / "last.ckpt")
+    dataset = val_dataset(cfg.data)
+    metrics = evaluate(model, build_loader(dataset, 8, shuffle=False, num_workers=0), dataset.coco, model.classes)
+    preds = predict_files(model, sorted((data_dir / "val").iterdir())[:8], out / "predictions", score_threshold=0.3)
     print(f"\ncodetr demo: {cfg.model} trained in {(time.time() - start) / 60:.1f} min; COCO AP on the synthetic val split:")
     _print_metrics(metrics)
-    print(f"metrics: {trainer.out_dir / 'metrics.jsonl'}   checkpoint: {trainer.out_dir / 'last.ckpt'}   "
+    print(f"metrics: {Path(cfg.out_dir) / 'metrics.jsonl'}   checkpoint: {Path(cfg.out_dir) / 'last.ckpt'}   "
           f"drawn predictions: {preds.parent}")
     return 0
+
+
+def train_in_processes(cfg, procs: int) -> None:
+    """Train ``cfg`` in ``procs`` single-threaded DDP processes (gloo) on this machine, or in
+    this process when ``procs`` is 1. On a small CPU, processes with one thread each use the
+    cores better than one process with several threads."""
+    import torch.multiprocessing as mp
+
+    if procs <= 1:
+        run(cfg, resume="auto")
+        return
+    mp.start_processes(_train_worker, args=(procs, _free_port(), cfg.to_dict()), nprocs=procs, start_method="spawn")
+
+
+def _train_worker(rank: int, world: int, port: int, cfg_dict: dict) -> None:
+    import os
+
+    import torch
+
+    from .config import RunConfig
+    from .engine import distributed as du
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run(RunConfig.from_dict(cfg_dict), resume="auto")
+    finally:
+        du.cleanup()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 DEMO_TRAIN_IMAGES = 1000

@@ -90,7 +90,8 @@ def synth_image(rng: np.random.Generator, image_size: int) -> tuple[np.ndarray, 
     shapes = []
     for k in range(int(rng.integers(1, MAX_OBJECTS + 1))):
         label = int(rng.integers(len(SHAPES)))
-        diameter = math.exp(rng.uniform(math.log(MIN_OBJECT_SIZE), math.log(min(h, w) / 2)))
+        # uniform in diameter: small objects are present but not the majority (median ~ 1/4 side)
+        diameter = rng.uniform(MIN_OBJECT_SIZE, min(h, w) / 2)
         r = diameter / 2
         cx, cy = rng.uniform(r, w - r), rng.uniform(r, h - r)
         mask = _shape_mask(SHAPES[label], cx, cy, r, rng.uniform(0, 2 * math.pi), h, w)

@@ -35,11 +35,13 @@ def matched_pairs(indices: list[Match]) -> tuple[Tensor, Tensor]:
 class SetCriterion:
     """Focal classification + L1 + GIoU on Hungarian-matched queries, applied to the final
     outputs, each auxiliary decoder output (suffix ``_i``) and the encoder proposals (suffix
-    ``_enc``, class-agnostic: every target is class 0, as official two-stage Deformable DETR)."""
+    ``_enc``). The encoder proposals are class-agnostic (every target is class 0), as official
+    two-stage Deformable DETR, unless ``enc_class_aware`` (their real labels, as DINO)."""
 
     def __init__(self, num_classes: int, matcher: HungarianMatcher, weight_dict: dict[str, float],
-                 focal_alpha: float = 0.25, focal_gamma: float = 2.0) -> None:
+                 focal_alpha: float = 0.25, focal_gamma: float = 2.0, enc_class_aware: bool = False) -> None:
         self.num_classes, self.matcher = num_classes, matcher
+        self.enc_class_aware = enc_class_aware
         self.weight_dict = weight_dict
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
 
@@ -87,8 +89,9 @@ class SetCriterion:
             aux_losses, _ = self.single_output(aux, targets, num_boxes, log=False)
             losses.update({f"{k}_{i}": v for k, v in aux_losses.items()})
         if "enc_outputs" in outputs:
-            binary = [{"labels": torch.zeros_like(t["labels"]), "boxes": t["boxes"]} for t in targets]
-            enc_losses, _ = self.single_output(outputs["enc_outputs"], binary, num_boxes, log=False)
+            enc_targets = targets if self.enc_class_aware else \
+                [{"labels": torch.zeros_like(t["labels"]), "boxes": t["boxes"]} for t in targets]
+            enc_losses, _ = self.single_output(outputs["enc_outputs"], enc_targets, num_boxes, log=False)
             losses.update({f"{k}_enc": v for k, v in enc_losses.items()})
         return losses
 

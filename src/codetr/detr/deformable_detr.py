@@ -45,6 +45,9 @@ class DeformableDETRConfig:
     num_queries: int = 300
     with_box_refine: bool = False
     two_stage: bool = False
+    # two-stage proposals trained with their real labels and ranked by their best class (as DINO)
+    # instead of class-agnostic (official Deformable DETR)
+    enc_class_aware: bool = False
     # matching costs and loss weights
     cost_class: float = 2.0
     cost_bbox: float = 5.0
@@ -89,14 +92,15 @@ class DeformableDETR(Detector):
         self.input_proj = input_projections(self.backbone.out_channels, c.hidden_dim, c.num_feature_levels)
         self.transformer = DeformableTransformer(
             c.hidden_dim, c.num_heads, c.enc_layers, c.dec_layers, c.ffn_dim, c.dropout,
-            c.num_feature_levels, c.enc_points, c.dec_points, c.two_stage, c.num_queries)
+            c.num_feature_levels, c.enc_points, c.dec_points, c.two_stage, c.num_queries, c.enc_class_aware)
         if not c.two_stage:
             self.query_embed = nn.Embedding(c.num_queries, 2 * c.hidden_dim)
         self.class_embed, self.bbox_embed = self._build_heads()
         self.criterion = SetCriterion(
             c.num_classes, HungarianMatcher(c.cost_class, c.cost_bbox, c.cost_giou, c.focal_alpha),
             loss_weights(c.dec_layers - 1 if c.aux_loss else 0, c.two_stage,
-                         c.cls_loss_coef, c.bbox_loss_coef, c.giou_loss_coef), c.focal_alpha)
+                         c.cls_loss_coef, c.bbox_loss_coef, c.giou_loss_coef), c.focal_alpha,
+            enc_class_aware=c.enc_class_aware)
 
     def _build_heads(self) -> tuple[nn.ModuleList, nn.ModuleList]:
         """One head per decoder layer (+1 for the encoder proposals in two-stage). Without box

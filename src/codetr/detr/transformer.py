@@ -137,9 +137,10 @@ class DeformableTransformer(nn.Module):
     def __init__(self, dim: int = 256, num_heads: int = 8, num_encoder_layers: int = 6,
                  num_decoder_layers: int = 6, ffn_dim: int = 1024, dropout: float = 0.1,
                  num_levels: int = 4, enc_points: int = 4, dec_points: int = 4,
-                 two_stage: bool = False, num_queries: int = 300) -> None:
+                 two_stage: bool = False, num_queries: int = 300, class_aware_proposals: bool = False) -> None:
         super().__init__()
         self.dim, self.two_stage, self.num_queries = dim, two_stage, num_queries
+        self.class_aware_proposals = class_aware_proposals
         self.encoder = nn.ModuleList(EncoderLayer(dim, ffn_dim, dropout, num_levels, num_heads, enc_points)
                                      for _ in range(num_encoder_layers))
         self.decoder = nn.ModuleList(DecoderLayer(dim, ffn_dim, dropout, num_levels, num_heads, dec_points)
@@ -189,7 +190,8 @@ class DeformableTransformer(nn.Module):
         memory = self.enc_output_norm(self.enc_output(memory))
         logits = class_head(memory)                                                  # [B, S, K]
         coords_unact = box_head(memory) + proposals                                  # [B, S, 4]
-        scores = logits[..., 0]  # Deformable DETR ranks by the first class's logit
+        # official Deformable DETR ranks by the first (class-agnostic) logit; class-aware: best class
+        scores = logits.max(-1)[0] if self.class_aware_proposals else logits[..., 0]
         topk = torch.topk(scores, self.num_queries, dim=1)[1]                        # [B, Q]
         ref_unact = torch.gather(coords_unact, 1, topk[..., None].expand(-1, -1, 4)).detach()
         query_pos, tgt = self.pos_trans_norm(self.pos_trans(

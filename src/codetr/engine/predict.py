@@ -35,8 +35,9 @@ def draw(image: torch.Tensor, det: Detections, classes: ClassInfo) -> Image.Imag
     """uint8 [3, H, W] image with boxes, '<name> <score>' labels and masks drawn."""
     if det.masks is not None and len(det):
         image = draw_segmentation_masks(image, det.masks.bool(), alpha=0.4)
-    labels = [f"{classes.names[int(l)]} {s:.2f}" for l, s in zip(det.labels, det.scores.tolist())]
-    image = draw_bounding_boxes(image, det.boxes, labels=labels, width=2, colors="red")
+    if len(det):
+        labels = [f"{classes.names[int(l)]} {s:.2f}" for l, s in zip(det.labels, det.scores.tolist())]
+        image = draw_bounding_boxes(image, det.boxes, labels=labels, width=2, colors="red")
     return Image.fromarray(image.permute(1, 2, 0).numpy())
 
 
