@@ -97,3 +97,14 @@ def test_convert_rejects_a_checkpoint_of_another_model(tmp_path):
     torch.save({"model": {"backbone.layers.0.weight": torch.zeros(1)}}, tmp_path / "yolact.pth")
     assert main(["convert", "deformable_detr", str(tmp_path / "yolact.pth"), str(tmp_path / "o.ckpt")]) == 2
     assert not (tmp_path / "o.ckpt").exists()
+
+
+def test_demo_end_to_end(tmp_path, capsys):
+    """The demo's whole path in two DDP processes, shortened to a few iterations."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--train-images", "8", "--val-images", "4", "--procs", "2",
+                 "--set", "train.max_iters=2", "train.batch_size=2", *SMALL]) == 0
+    printed = capsys.readouterr().out
+    assert "AP50" in printed and "drawn predictions" in printed
+    assert (out / "train" / "last.ckpt").is_file()
+    assert len(list((out / "predictions").glob("*.png"))) == 4

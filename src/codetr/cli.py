@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo", help="output folder (data, checkpoints, drawings)")
     d.add_argument("--model", default="deformable_detr_tiny", help="zoo model to train (default: %(default)s)")
     d.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=4")
+    d.add_argument("--train-images", type=int, default=1000, help="synthetic train images (default %(default)s)")
+    d.add_argument("--val-images", type=int, default=200, help="synthetic val images (default %(default)s)")
     d.add_argument("--procs", type=int, default=min(2, os.cpu_count() or 1),
                    help="training processes (DDP on CPU; default %(default)s); train.batch_size is per process")
 

@@ -113,7 +113,7 @@ def demo(args: Namespace) -> int:
     out = Path(args.out)
     data_dir = out / "data"
     if not (data_dir / "annotations" / "instances_val.json").is_file():
-        write_synthetic_coco(data_dir, num_train=DEMO_TRAIN_IMAGES, num_val=DEMO_VAL_IMAGES, image_size=128, seed=0)
+        write_synthetic_coco(data_dir, num_train=args.train_images, num_val=args.val_images, image_size=128, seed=0)
         log.info("synthetic dataset written to %s (%.0f s)", data_dir, time.time() - start)
     cfg = recipe(args.model)
     cfg = replace(cfg, data=replace(cfg.data, path=str(data_dir)), out_dir=str(out / "train"))
@@ -168,6 +168,3 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
-
-DEMO_TRAIN_IMAGES = 1000
-DEMO_VAL_IMAGES = 200

@@ -122,3 +122,20 @@ def test_unknown_zoo_name_and_field():
         codetr.create("deformable_detr_r51")
     with pytest.raises(ValueError, match="num_querys"):
         codetr.create("deformable_detr_tiny", num_querys=3)
+
+
+def test_class_aware_proposals_use_real_labels_and_best_class():
+    model = codetr.create("deformable_detr_tiny", num_classes=3, **SMALL, enc_class_aware=True)
+    outputs = {"pred_logits": torch.zeros(1, 4, 3), "pred_boxes": torch.rand(1, 4, 4) * 0.5 + 0.25,
+               "enc_outputs": {"pred_logits": torch.zeros(1, 4, 3), "pred_boxes": torch.full((1, 4, 4), 0.5)}}
+    outputs["enc_outputs"]["pred_logits"][0, 2, 1] = 5.0  # token 2 is confident about class 1
+    target = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.5, 0.5]])}]
+    aware = model.criterion(outputs, target)["loss_ce_enc"]
+    model.criterion.enc_class_aware = False  # class-agnostic: token 2's class-0 logit is 0
+    agnostic = model.criterion(outputs, target)["loss_ce_enc"]
+    assert aware < agnostic
+    model.eval()
+    with torch.no_grad():
+        images, sizes, _ = batch()
+        sel = model.forward_raw(images, sizes)["_inter"]
+    torch.testing.assert_close(sel["selection_scores"], model.forward_raw(images, sizes)["enc_outputs"]["pred_logits"].max(-1)[0])
