@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import codetr
+from codetr.detector import InputSpec
 from codetr.structures import Target
 
 SMALL = dict(hidden_dim=64, num_heads=4, enc_layers=1, dec_layers=2, ffn_dim=64, num_queries=10, num_select=10)
@@ -59,6 +60,7 @@ def test_crowd_boxes_are_not_matched():
 def test_predict_returns_original_pixels():
     """predict = prepare (resize by the DETR rule) + forward + postprocess + rescale."""
     model = codetr.create("deformable_detr_tiny", num_classes=3, **SMALL).eval()
+    model.input_spec = InputSpec(min_size=128, max_size=170)
     image = torch.randint(0, 255, (3, 90, 200), dtype=torch.uint8)
     det = model.predict(image)[0]
     images, sizes, orig = model.prepare([image])
