@@ -2,19 +2,12 @@
 run() and evaluate; the loss normaliser is the box count averaged across ranks."""
 import json
 import os
-import socket
-import time
 from dataclasses import replace
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.processes import free_port, run_processes
 
 
 def _worker(rank: int, port: int, data_dir: str, out_dir: str) -> None:
@@ -59,14 +52,7 @@ def _worker(rank: int, port: int, data_dir: str, out_dir: str) -> None:
 def test_two_process_training_and_evaluation(tmp_path):
     from codetr.data.synth import write_synthetic_coco
     write_synthetic_coco(tmp_path / "data", num_train=8, num_val=4, image_size=64, seed=3)
-    ctx = mp.start_processes(_worker, args=(_free_port(), str(tmp_path / "data"), str(tmp_path / "run")),
-                             nprocs=2, join=False, start_method="spawn")
-    deadline = time.monotonic() + 180
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("DDP workers did not finish in 180 s")
+    run_processes(_worker, (free_port(), str(tmp_path / "data"), str(tmp_path / "run")))
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["weights_equal"]
     assert {"AP", "AP50"} <= set(summary["metrics"])

@@ -1,15 +1,13 @@
 """Two CPU processes (gloo) train through train() with DistributedDataParallel and evaluate."""
 import json
 import os
-import socket
-import time
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from codetr.engine import distributed as du
+from tests.processes import free_port, run_processes
 
 
 def test_single_process_helpers():
@@ -18,12 +16,6 @@ def test_single_process_helpers():
     assert torch.equal(du.all_reduce_mean(torch.tensor([2.0])), torch.tensor([2.0]))
     du.barrier()
     du.cleanup()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
@@ -61,14 +53,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 
 def test_ddp_two_cpu_processes(tmp_path):
-    ctx = mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + 120
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("DDP workers did not finish in 120 s")
+    run_processes(_worker, (2, free_port(), str(tmp_path)), timeout_s=120)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["steps"] == 4  # 8 images / 2 ranks / batch 2 = 2 per epoch, 2 epochs
     assert summary["image_ids"] == [1, 2, 3, 4, 5]  # gathered from both ranks, repeat dropped
