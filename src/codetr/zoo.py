@@ -12,13 +12,17 @@ from .detr.deformable_detr import DeformableDETR, DeformableDETRConfig
 from .structures import ClassInfo
 
 _MODELS: dict[str, Callable[..., Detector]] = {}
+_RECIPES: dict[str, Callable[[str], "RunConfig"] | None] = {}
 
 
-def register(name: str) -> Callable:
+def register(name: str, recipe: Callable[[str], "RunConfig"] | None = None) -> Callable:
+    """Add a zoo entry. ``recipe(name)`` returns its default ``RunConfig`` (data, schedule);
+    without one the entry trains with the official DETR schedule (``_official_detr_recipe``)."""
     def wrap(fn: Callable[..., Detector]) -> Callable[..., Detector]:
         if name in _MODELS:
             raise ValueError(f"model name {name!r} is registered twice")
         _MODELS[name] = fn
+        _RECIPES[name] = recipe
         return fn
     return wrap
 
@@ -75,7 +79,7 @@ def deformable_detr_r50_two_stage(classes: ClassInfo, **overrides: Any) -> Defor
 TINY_INPUT = InputSpec(min_size=112, max_size=150)
 
 
-@register("deformable_detr_tiny")
+@register("deformable_detr_tiny", recipe=lambda name: _tiny_recipe(name))
 def deformable_detr_tiny(classes: ClassInfo, **overrides: Any) -> DeformableDETR:
     """Two-stage + box refine on ResNet-18 with trainable BN, 128-d, for ~128 px images:
     trains from scratch on CPU (the demo, tests)."""
@@ -103,13 +107,15 @@ def _tiny_recipe(name: str) -> "RunConfig":
     return RunConfig(model=name, out_dir=f"runs/{name}", data=data, train=train)
 
 
-def recipe(name: str) -> "RunConfig":
-    """The default ``RunConfig`` of a zoo model (``codetr train NAME`` starts from it)."""
+def _official_detr_recipe(name: str) -> "RunConfig":
+    """Official Deformable DETR schedule: 50 epochs, LR drop at 40, batch 2 per GPU."""
     from .config import DataConfig, RunConfig, TrainConfig
 
+    return RunConfig(model=name, out_dir=f"runs/{name}", data=DataConfig(), train=TrainConfig())
+
+
+def recipe(name: str) -> "RunConfig":
+    """The default ``RunConfig`` of a zoo model (``codetr train NAME`` starts from it)."""
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
-    if name.endswith("_tiny"):
-        return _tiny_recipe(name)
-    # official Deformable DETR schedule: 50 epochs, drop at 40, batch 2 per GPU
-    return RunConfig(model=name, out_dir=f"runs/{name}", data=DataConfig(), train=TrainConfig())
+    return (_RECIPES[name] or _official_detr_recipe)(name)
