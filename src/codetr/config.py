@@ -45,6 +45,8 @@ class DataConfig:
     train_scales: list[int] = field(default_factory=lambda: list(COCO_TRAIN_SCALES))
     max_size: int = 1333
     crop: bool = True                     # DETR's random resize -> crop -> resize branch
+    masks: bool = False                   # load instance masks for training (YOLACT)
+    square: bool = False                  # resize to max_size x max_size squares, eval_max_size at eval (YOLACT)
     crop_scales: list[int] = field(default_factory=lambda: [400, 500, 600])
     crop_min_size: int = 384
     crop_max_size: int = 600
@@ -95,6 +97,8 @@ class TrainConfig:
     max_iters: int | None = None
     device: str = "auto"                  # "auto", "cpu", "cuda", ...
     find_unused_parameters: bool = False
+    ema_decay: float = 0.0                # > 0: evaluate and save an EMA of the weights
+    ema_warmup: int = 0                   # optimizer steps over which the EMA decay ramps up
 
     def __post_init__(self) -> None:
         if self.amp not in ("none", "bf16", "fp16"):

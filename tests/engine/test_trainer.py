@@ -67,17 +67,17 @@ def test_lr_schedule_warmup_then_drop():
     assert lr_factor(100, warmup=0, drop_step=None, gamma=0.1) == 1.0
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_resume_mid_epoch_is_exact(tmp_path, num_workers):
+@pytest.mark.parametrize("num_workers,ema_decay", [(0, 0.0), (2, 0.0), (0, 0.9)])
+def test_resume_mid_epoch_is_exact(tmp_path, num_workers, ema_decay):
     """12 iterations straight vs. killed at 7 (last.ckpt from step 6, mid-epoch), then resumed
-    from scratch objects with other seeds: identical losses and weights."""
-    cfg = run_config(tmp_path / "a")
+    from scratch objects with other seeds: identical losses and weights (and EMA weights)."""
+    cfg = run_config(tmp_path / "a", ema_decay=ema_decay, ema_warmup=3)
     cfg.data.num_workers = num_workers
     full, full_losses = make_trainer(cfg)
     full.train()
     assert sorted(full_losses.losses) == list(range(1, 13))
 
-    cfg_b = run_config(tmp_path / "b")
+    cfg_b = run_config(tmp_path / "b", ema_decay=ema_decay, ema_warmup=3)
     cfg_b.data.num_workers = num_workers
     killed, killed_losses = make_trainer(cfg_b, hooks=[KillAt(7)])
     with pytest.raises(Killed):
@@ -92,7 +92,13 @@ def test_resume_mid_epoch_is_exact(tmp_path, num_workers):
     assert resumed_losses.losses == {k: full_losses.losses[k] for k in range(7, 13)}
     for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
+    for (name, a), b in zip(full.eval_model.state_dict().items(), resumed.eval_model.state_dict().values()):
+        assert torch.equal(a, b), name
     assert resumed.best == full.best and (tmp_path / "b" / "best.ckpt").is_file()
+    saved = load_checkpoint(tmp_path / "b" / "last.ckpt")["model"]  # what codetr.load would use
+    assert all(torch.equal(v, full.eval_model.state_dict()[k]) for k, v in saved.items())
+    if ema_decay:
+        assert not all(torch.equal(a, b) for a, b in zip(full.model.state_dict().values(), saved.values()))
 
 
 def test_grad_accumulation_matches_bigger_batch(tmp_path):

@@ -43,6 +43,7 @@ from tqdm import tqdm
 from ..config import RunConfig, TrainConfig
 from ..structures import Batch
 from . import distributed as du
+from .ema import ModelEMA
 from .checkpoint import atomic_open, load_checkpoint, model_state, rng_state, save_checkpoint, set_rng_state
 from .evaluate import evaluate
 
@@ -74,6 +75,7 @@ class Trainer:
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = wrap_ddp(model, self.device, cfg.train.find_unused_parameters)
         self.optimizer, self.scheduler = optimizer, scheduler
+        self.ema = ModelEMA(model, cfg.train.ema_decay, cfg.train.ema_warmup) if cfg.train.ema_decay > 0 else None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp == "fp16")
         self.train_loader, self.val_loader, self.coco_gt = train_loader, val_loader, coco_gt
         self.out_dir = Path(cfg.out_dir)
@@ -151,6 +153,8 @@ class Trainer:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(unwrap(self.model))
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         return grad_norm
@@ -193,6 +197,11 @@ class Trainer:
         return self.global_step >= self.total_iters
 
     @property
+    def eval_model(self) -> nn.Module:
+        """What is evaluated and saved as the checkpoint's ``model``: the EMA when kept."""
+        return self.ema.module if self.ema is not None else self.model
+
+    @property
     def lr(self) -> float:
         """Current base LR (first param group's LR over its multiplier)."""
         group = self.optimizer.param_groups[0]
@@ -201,14 +210,18 @@ class Trainer:
     def state_dict(self) -> dict:
         """Checkpoint content. Collective under DDP (gathers every rank's RNG states)."""
         epoch, it = (self.epoch + 1, 0) if self.iter >= self.iters_per_epoch else (self.epoch, self.iter)
-        return {**model_state(self.model, self.cfg.model),
+        ema = ({"live_model": unwrap(self.model).state_dict(), "ema_updates": self.ema.updates}
+               if self.ema is not None else {})
+        return {**model_state(self.eval_model, self.cfg.model), **ema,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "epoch": epoch, "iter": it,
                 "global_step": self.global_step, "rng": du.all_gather_object(rng_state()),
                 "run_config": self.cfg.to_dict(), "best": dict(self.best)}
 
     def load_state_dict(self, state: dict) -> None:
-        unwrap(self.model).load_state_dict(state["model"])
+        unwrap(self.model).load_state_dict(state.get("live_model", state["model"]))
+        if self.ema is not None:  # a checkpoint without an EMA starts one from its weights
+            self.ema.load_state_dict({"weights": state["model"], "updates": state.get("ema_updates", 0)})
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
@@ -288,7 +301,7 @@ class EvalHook(HookBase):
 
     def run(self) -> dict[str, float]:
         t = self.trainer
-        metrics = evaluate(t.model, t.val_loader, t.coco_gt, unwrap(t.model).classes)
+        metrics = evaluate(t.eval_model, t.val_loader, t.coco_gt, unwrap(t.model).classes)
         t.last_metrics = metrics
         t.log({"type": "eval", "step": t.global_step, "epoch": t.epoch, **metrics})
         if metrics["AP"] > t.best.get("AP", -math.inf):
