@@ -371,8 +371,11 @@ def param_groups(model: nn.Module, lr: float, multipliers: dict[str, float]) -> 
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; the fused kernel where the weights' device has one (on CPU it steps a 13M-weight
+    model ~7x faster than the default multi-tensor loop)."""
+    devices = {p.device.type for p in unwrap(model).parameters()}
     return torch.optim.AdamW(param_groups(model, cfg.lr, cfg.lr_multipliers), lr=cfg.lr,
-                             weight_decay=cfg.weight_decay)
+                             weight_decay=cfg.weight_decay, fused=devices <= {"cpu", "cuda"})
 
 
 def lr_factor(step: int, warmup: int, drop_step: int | None, gamma: float) -> float:
