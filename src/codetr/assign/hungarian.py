@@ -26,19 +26,20 @@ def linear_assignment(cost: Tensor) -> Match:
 
 
 class HungarianMatcher:
-    """cost = w_class * focal cost + w_bbox * L1(cxcywh) + w_giou * (-GIoU)."""
+    """cost = w_class * focal cost + w_bbox * L1(cxcywh) + w_giou * (-GIoU).
+    ``giou_eps`` is added to the GIoU denominators (DINO: 1e-6; Deformable DETR: 0)."""
 
     def __init__(self, cost_class: float = 2.0, cost_bbox: float = 5.0, cost_giou: float = 2.0,
-                 alpha: float = 0.25, gamma: float = 2.0) -> None:
+                 alpha: float = 0.25, gamma: float = 2.0, giou_eps: float = 0.0) -> None:
         self.cost_class, self.cost_bbox, self.cost_giou = cost_class, cost_bbox, cost_giou
-        self.alpha, self.gamma = alpha, gamma
+        self.alpha, self.gamma, self.giou_eps = alpha, gamma, giou_eps
 
     @torch.no_grad()
     def cost_matrix(self, logits: Tensor, boxes: Tensor, labels: Tensor, target_boxes: Tensor) -> Tensor:
         """logits [Q, K], boxes [Q, 4] normalized cxcywh; labels [M], target_boxes [M, 4] -> [Q, M]."""
         cost_class = focal_class_cost(logits.sigmoid(), labels, self.alpha, self.gamma)
         cost_bbox = torch.cdist(boxes, target_boxes, p=1)
-        cost_giou = -generalized_box_iou(cxcywh_to_xyxy(boxes), cxcywh_to_xyxy(target_boxes))
+        cost_giou = -generalized_box_iou(cxcywh_to_xyxy(boxes), cxcywh_to_xyxy(target_boxes), self.giou_eps)
         return self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou
 
     @torch.no_grad()

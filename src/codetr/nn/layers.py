@@ -29,13 +29,15 @@ class SinePositionEncoding(nn.Module):
     image's valid region. Output [B, 2 * num_feats, H, W]: the y half first, then x.
 
     Each coordinate c gets features sin(c / T^(2i / F)), cos(c / T^(2i / F)) interleaved.
-    DINO uses separate temperatures for y and x, hence ``temperature_h`` / ``temperature_w``.
+    DINO uses separate temperatures for y and x, hence ``temperature_h`` / ``temperature_w``,
+    and no half-pixel shift of the cumulative counts (``offset`` 0; Deformable DETR: 0.5).
     """
 
     def __init__(self, num_feats: int = 128, temperature_h: float = 10000.0,
-                 temperature_w: float = 10000.0, scale: float = 2 * math.pi) -> None:
+                 temperature_w: float = 10000.0, scale: float = 2 * math.pi, offset: float = 0.5) -> None:
         super().__init__()
         self.num_feats = num_feats
+        self.offset = offset
         self.temperature_h = temperature_h
         self.temperature_w = temperature_w
         self.scale = scale
@@ -52,7 +54,7 @@ class SinePositionEncoding(nn.Module):
         y = not_mask.cumsum(1, dtype=torch.float32)
         x = not_mask.cumsum(2, dtype=torch.float32)
         eps = 1e-6
-        y = (y - 0.5) / (y[:, -1:, :] + eps) * self.scale
-        x = (x - 0.5) / (x[:, :, -1:] + eps) * self.scale
+        y = (y - self.offset) / (y[:, -1:, :] + eps) * self.scale
+        x = (x - self.offset) / (x[:, :, -1:] + eps) * self.scale
         pos = torch.cat((self._embed(y, self.temperature_h), self._embed(x, self.temperature_w)), dim=3)
         return pos.permute(0, 3, 1, 2)

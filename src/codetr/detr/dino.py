@@ -1,0 +1,234 @@
+"""DINO: DETR with Improved deNoising anchOr boxes (Zhang et al., ICLR 2023).
+
+    images -> ResNet (C3..C5, or C2..C5 for 5 scales) -> 1x1 conv + GN per level (+ 1 extra level)
+           -> deformable encoder (sine positions, temperature 20)
+           -> mixed query selection: top-k encoder tokens -> anchor boxes; learned content queries
+           -> [train: + contrastive denoising queries (denoising.py), masked self-attention]
+           -> decoder refining 4-d anchors layer by layer (look forward twice)
+           -> per layer: class logits (focal, no background) and boxes (sigmoid cxcywh)
+
+Same parts as Deformable DETR (encoder, MSDA, input projections, backbone, matcher); the
+differences live here, in dino_transformer.py, denoising.py and dino_criterion.py.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import nms
+
+from ..assign import HungarianMatcher
+from ..backbones import ResNetBackbone
+from ..boxes import inverse_sigmoid
+from ..detector import Detector, InputSpec
+from ..nn import MLP, SinePositionEncoding
+from ..structures import ClassInfo, Detections, Target
+from .deformable_detr import DeformableDETR, detr_targets, input_projections, topk_postprocess
+from .denoising import DenoisingQueries, build_dn_queries, draw_dn_noise, num_dn_groups
+from .dino_criterion import GIOU_EPS, DINOCriterion, dino_loss_weights
+from .dino_transformer import DINO_EPS, DINOTransformer
+
+
+@dataclass
+class DINOConfig:
+    """Every number the model is built from. Defaults: official ``config/DINO/DINO_4scale.py`` (R50)."""
+
+    num_classes: int = 91
+    backbone_depth: int = 50
+    backbone_norm: str = "frozen_bn"
+    backbone_frozen_stages: int = 1
+    dilation: bool = False
+    return_interm_indices: list[int] = field(default_factory=lambda: [1, 2, 3])  # 0 = C2 .. 3 = C5
+    num_feature_levels: int = 4
+    hidden_dim: int = 256
+    num_heads: int = 8
+    enc_layers: int = 6
+    dec_layers: int = 6
+    ffn_dim: int = 2048
+    dropout: float = 0.0
+    enc_points: int = 4
+    dec_points: int = 4
+    num_queries: int = 900
+    pe_temperature_h: float = 20.0
+    pe_temperature_w: float = 20.0
+    dec_pred_class_embed_share: bool = True
+    dec_pred_bbox_embed_share: bool = True
+    two_stage_class_embed_share: bool = False
+    two_stage_bbox_embed_share: bool = False
+    use_detached_boxes_dec_out: bool = False
+    # contrastive denoising: dn_number 0 turns it off
+    dn_number: int = 100
+    dn_box_noise_scale: float = 0.4
+    dn_label_noise_ratio: float = 0.5
+    dn_labelbook_size: int | None = None  # label embeddings - 1; None: num_classes
+    # matching costs and loss weights
+    cost_class: float = 2.0
+    cost_bbox: float = 5.0
+    cost_giou: float = 2.0
+    cls_loss_coef: float = 1.0
+    bbox_loss_coef: float = 5.0
+    giou_loss_coef: float = 2.0
+    interm_loss_coef: float = 1.0
+    no_interm_box_loss: bool = False
+    focal_alpha: float = 0.25
+    aux_loss: bool = True
+    num_select: int = 300           # detections kept per image at inference
+    nms_iou_threshold: float = -1.0  # > 0: class-agnostic NMS on the kept detections
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def labelbook_size(self) -> int:
+        return self.num_classes if self.dn_labelbook_size is None else self.dn_labelbook_size
+
+
+def prediction_heads(dim: int, num_classes: int) -> tuple[nn.Linear, MLP]:
+    """Class head (bias at prior probability 0.01) and 3-layer box head (last layer zero)."""
+    cls, box = nn.Linear(dim, num_classes), MLP(dim, dim, 4, 3)
+    nn.init.constant_(cls.bias, -math.log((1 - 0.01) / 0.01))
+    nn.init.zeros_(box.layers[-1].weight)
+    nn.init.zeros_(box.layers[-1].bias)
+    return cls, box
+
+
+class DINO(Detector):
+    family = "dino"
+
+    # backbone -> projected levels, padding masks, sine positions (as Deformable DETR)
+    features = DeformableDETR.features
+
+    def __init__(self, config: DINOConfig, classes: ClassInfo | None = None,
+                 input_spec: InputSpec | None = None) -> None:
+        super().__init__(classes or ClassInfo.anonymous(config.num_classes), input_spec)
+        check_config(config, len(self.classes))
+        self.config = c = config
+        self.backbone = ResNetBackbone(c.backbone_depth, c.backbone_norm, [i + 1 for i in c.return_interm_indices],
+                                       c.backbone_frozen_stages, c.dilation)
+        self.position = SinePositionEncoding(c.hidden_dim // 2, c.pe_temperature_h, c.pe_temperature_w, offset=0.0)
+        self.input_proj = input_projections(self.backbone.out_channels, c.hidden_dim, c.num_feature_levels)
+        self.transformer = DINOTransformer(
+            c.hidden_dim, c.num_heads, c.enc_layers, c.dec_layers, c.ffn_dim, c.dropout, c.num_feature_levels,
+            c.enc_points, c.dec_points, c.num_queries, c.use_detached_boxes_dec_out)
+        self.label_enc = nn.Embedding(c.labelbook_size + 1, c.hidden_dim)  # denoising label queries
+        self._build_heads()
+        self.criterion = DINOCriterion(
+            c.num_classes, HungarianMatcher(c.cost_class, c.cost_bbox, c.cost_giou, c.focal_alpha, giou_eps=GIOU_EPS),
+            dino_loss_weights(c.dec_layers - 1 if c.aux_loss else 0, c.dn_number > 0, c.cls_loss_coef,
+                              c.bbox_loss_coef, c.giou_loss_coef, c.interm_loss_coef, c.no_interm_box_loss),
+            c.focal_alpha, enc_class_aware=True)
+
+    def _build_heads(self) -> None:
+        """Decoder heads, one per layer or one shared (official default), and the encoder's
+        heads, copies of the initial ones unless shared (``two_stage_*_embed_share``)."""
+        c = self.config
+        cls, box = prediction_heads(c.hidden_dim, c.num_classes)
+
+        def per_layer(head: nn.Module, share: bool) -> nn.ModuleList:
+            return nn.ModuleList(head if share else copy.deepcopy(head) for _ in range(c.dec_layers))
+
+        self.class_embed = per_layer(cls, c.dec_pred_class_embed_share)
+        self.bbox_embed = per_layer(box, c.dec_pred_bbox_embed_share)
+        self.enc_class_embed = cls if c.two_stage_class_embed_share else copy.deepcopy(cls)
+        self.enc_bbox_embed = box if c.two_stage_bbox_embed_share else copy.deepcopy(box)
+
+    # -- forward ---------------------------------------------------------------------------
+    def denoising_queries(self, targets: list[dict[str, Tensor]],
+                          noise: tuple[Tensor, Tensor] | None = None) -> DenoisingQueries:
+        """Noised ground-truth queries for DETR-format targets. ``noise`` = (labels, boxes) in
+        ``draw_dn_noise``'s layout replaces the random draw (tests feed recorded noise)."""
+        c = self.config
+        counts = [len(t["labels"]) for t in targets]
+        groups = num_dn_groups(c.dn_number, max(counts, default=0))
+        if noise is None and sum(counts) > 0:
+            labels = torch.cat([t["labels"] for t in targets])
+            boxes = torch.cat([t["boxes"] for t in targets])
+            noise = draw_dn_noise(labels, boxes, groups, c.num_classes, c.dn_label_noise_ratio, c.dn_box_noise_scale)
+        if noise is None:  # no object in the batch: no denoising query
+            noise = (torch.zeros(0, dtype=torch.long), torch.zeros(0, 4))
+        return build_dn_queries(counts, noise[0], noise[1], self.label_enc, groups, c.num_queries)
+
+    def forward_raw(self, images: Tensor, sizes: Tensor, targets: list[dict[str, Tensor]] | None = None,
+                    dn_noise: tuple[Tensor, Tensor] | None = None) -> dict:
+        """The official output dict (+ '_inter': intermediates for inspection). With DETR-format
+        ``targets`` in train mode, denoising queries are added and reported in ``dn_meta``."""
+        c = self.config
+        srcs, masks, pos = self.features(images, sizes)
+        dn = None  # noise drawn before the encoder runs, as official (same random stream)
+        if self.training and targets is not None and c.dn_number > 0:
+            dn = self.denoising_queries(targets, dn_noise)
+        enc = self.transformer.encode(srcs, masks, pos)
+        sel = self.transformer.select_queries(enc, self.enc_class_embed, self.enc_bbox_embed)
+        tgt, ref_unact, attn_mask = sel["tgt"], sel["ref_unact"].detach(), None
+        if dn is not None and dn.pad_size > 0:  # denoising queries first
+            tgt = torch.cat([dn.content, tgt], 1)
+            ref_unact = torch.cat([dn.boxes, ref_unact], 1)
+            attn_mask = dn.attn_mask
+        hs, refs = self.transformer.decode(tgt, ref_unact, enc, self.bbox_embed, attn_mask)
+        hs = hs + 0.0 * self.label_enc.weight[0, 0]  # label_enc always in the graph (DDP), as official
+        logits = torch.stack([head(h) for head, h in zip(self.class_embed, hs)])       # [L, B, Q, K]
+        boxes = torch.stack([(head(h) + inverse_sigmoid(r, DINO_EPS)).sigmoid()
+                             for head, h, r in zip(self.bbox_embed, hs, refs[:-1])])   # [L, B, Q, 4]
+        pad = dn.pad_size if dn is not None else 0
+        out = self.layer_outputs(logits[:, :, pad:], boxes[:, :, pad:])
+        out["interm_outputs"] = {"pred_logits": self.enc_class_embed(sel["memory_topk"]),
+                                 "pred_boxes": sel["ref_unact"].sigmoid()}
+        if dn is not None:
+            out["dn_meta"] = {"pad_size": pad, "num_dn_group": dn.num_groups}
+            if pad > 0:
+                out["dn_meta"]["output_known_lbs_bboxes"] = self.layer_outputs(logits[:, :, :pad], boxes[:, :, :pad])
+        out["_inter"] = {"srcs": srcs, "masks": masks, "pos": pos, "memory": enc["memory"], "hs": hs,
+                         "references": refs, "dn": dn, **sel}
+        return out
+
+    def layer_outputs(self, logits: Tensor, boxes: Tensor) -> dict:
+        """[L, B, Q, *] per-layer predictions -> {'pred_logits', 'pred_boxes', 'aux_outputs'}."""
+        out = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
+        if self.config.aux_loss:
+            out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
+        return out
+
+    def forward(self, images: Tensor, sizes: Tensor, targets: list[Target] | None = None) -> dict:
+        detr = detr_targets(targets, sizes) if targets is not None else None
+        if self.training and detr is None:
+            raise ValueError("DINO in train mode needs targets")
+        out = self.forward_raw(images, sizes, detr)
+        out.pop("_inter")
+        if not self.training:
+            return out
+        losses = self.criterion.weighted(self.criterion(out, detr))
+        # official logs named loss_* (loss_xy, loss_hw) are renamed: every loss* entry is summed
+        return {f"log_{k}" if k.startswith("loss") and k not in self.criterion.weight_dict else k: v
+                for k, v in losses.items()}
+
+    @torch.no_grad()
+    def postprocess(self, outputs: dict, sizes: Tensor) -> list[Detections]:
+        """Top ``num_select`` (query, class) pairs over queries x classes, no NMS by default."""
+        dets = topk_postprocess(outputs["pred_logits"], outputs["pred_boxes"], sizes, self.config.num_select)
+        if self.config.nms_iou_threshold > 0:
+            keep = [nms(d.boxes, d.scores, self.config.nms_iou_threshold) for d in dets]
+            dets = [Detections(d.boxes[k], d.scores[k], d.labels[k]) for d, k in zip(dets, keep)]
+        return dets
+
+
+def check_config(c: DINOConfig, num_labels: int) -> None:
+    """Clear errors for configurations the model cannot be built from."""
+    if num_labels != c.num_classes:
+        raise ValueError(f"{num_labels} classes given for num_classes={c.num_classes}")
+    if sorted(c.return_interm_indices) != list(c.return_interm_indices) or \
+            not set(c.return_interm_indices) <= {0, 1, 2, 3}:
+        raise ValueError(f"return_interm_indices must be increasing backbone stages in 0..3, "
+                         f"got {c.return_interm_indices}")
+    if c.num_feature_levels < len(c.return_interm_indices):
+        raise ValueError(f"num_feature_levels={c.num_feature_levels} < {len(c.return_interm_indices)} backbone levels")
+    if c.labelbook_size + 1 < c.num_classes:
+        raise ValueError(f"dn_labelbook_size={c.dn_labelbook_size} gives {c.labelbook_size + 1} label embeddings "
+                         f"for {c.num_classes} classes")
+    if (c.two_stage_class_embed_share or c.two_stage_bbox_embed_share) and \
+            not (c.dec_pred_class_embed_share and c.dec_pred_bbox_embed_share):
+        raise ValueError("sharing the encoder heads needs shared decoder heads (official assertion)")
+    if c.hidden_dim % 2:
+        raise ValueError(f"hidden_dim must be even for the sine box embedding, got {c.hidden_dim}")
