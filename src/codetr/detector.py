@@ -34,6 +34,7 @@ class InputSpec:
     min_size: int = 800      # shorter side after resize (eval)
     max_size: int = 1333     # cap on the longer side
     size_divisibility: int = 1
+    square: bool = False     # resize every image to a max_size x max_size square (YOLACT)
 
     def to_dict(self) -> dict:
         return asdict(self)

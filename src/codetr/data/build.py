@@ -3,11 +3,17 @@ from __future__ import annotations
 
 from ..config import DataConfig
 from .coco import CocoDetection
-from .transforms import detr_train_transforms, eval_transforms
+from .transforms import detr_train_transforms, eval_transforms, square_eval_transforms, square_train_transforms
 
 
-def train_dataset(cfg: DataConfig, with_masks: bool = False) -> CocoDetection:
+def train_dataset(cfg: DataConfig, with_masks: bool | None = None) -> CocoDetection:
+    """``with_masks`` None: ``cfg.masks``. ``cfg.square``: YOLACT's square pipeline
+    (``cfg.crop`` then switches on its SSD augmentation)."""
     ann, images = cfg.split_paths("train")
+    with_masks = cfg.masks if with_masks is None else with_masks
+    if cfg.square:
+        transforms = square_train_transforms(cfg.max_size, cfg.crop, cfg.mean, cfg.std)
+        return CocoDetection(ann, images, transforms, with_masks=with_masks)
     crop = dict(crop_resize_scales=cfg.crop_scales, crop_min=cfg.crop_min_size, crop_max=cfg.crop_max_size) \
         if cfg.crop else dict(crop_resize_scales=None)
     transforms = detr_train_transforms(cfg.train_scales, cfg.max_size, mean=cfg.mean, std=cfg.std, **crop)
@@ -16,5 +22,6 @@ def train_dataset(cfg: DataConfig, with_masks: bool = False) -> CocoDetection:
 
 def val_dataset(cfg: DataConfig, with_masks: bool = False) -> CocoDetection:
     ann, images = cfg.split_paths("val")
-    transforms = eval_transforms(cfg.eval_min_size, cfg.eval_max_size, cfg.mean, cfg.std)
+    transforms = square_eval_transforms(cfg.eval_max_size, cfg.mean, cfg.std) if cfg.square else \
+        eval_transforms(cfg.eval_min_size, cfg.eval_max_size, cfg.mean, cfg.std)
     return CocoDetection(ann, images, transforms, with_masks=with_masks)

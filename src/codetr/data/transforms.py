@@ -180,3 +180,39 @@ def eval_transforms(
     """Resize the shorter side to ``min_size`` with the longer side capped at ``max_size``
     (``resized_hw``), then normalize."""
     return DetectionTransform(RandomShorterResize([min_size], max_size), mean, std)
+
+
+class SquareResize(v2.Transform):
+    """Resize to a ``size`` x ``size`` square, aspect ratio not kept (YOLACT / SSD). Masks use
+    pixel-centre aligned nearest, as ``RandomShorterResize``."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = int(size)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        hw = [self.size, self.size]
+        if isinstance(inpt, tv_tensors.Mask):
+            return F.resize(inpt, hw, interpolation=v2.InterpolationMode.NEAREST_EXACT)
+        return self._call_kernel(F.resize, inpt, hw, antialias=True)
+
+
+def square_train_transforms(size: int, ssd_augment: bool = True, mean: Sequence[float] = IMAGENET_MEAN,
+                            std: Sequence[float] = IMAGENET_STD) -> DetectionTransform:
+    """YOLACT's training augmentation: with ``ssd_augment`` the SSD steps of the official
+    ``SSDAugmentation`` (photometric distortion, zoom out up to 4x filled with the mean,
+    IoU-constrained random crop; boxes whose centre leaves the crop are dropped), then
+    horizontal flip (p=0.5) and the ``size`` square resize."""
+    steps: list[v2.Transform] = []
+    if ssd_augment:
+        fill = {tv_tensors.Image: tuple(round(255 * m) for m in mean), "others": 0}
+        steps += [v2.RandomPhotometricDistort(p=0.5), v2.RandomZoomOut(fill=fill, side_range=(1.0, 4.0), p=0.5),
+                  v2.RandomIoUCrop()]
+    steps += [v2.RandomHorizontalFlip(0.5), SquareResize(size)]
+    return DetectionTransform(v2.Compose(steps), mean, std)
+
+
+def square_eval_transforms(size: int, mean: Sequence[float] = IMAGENET_MEAN,
+                           std: Sequence[float] = IMAGENET_STD) -> DetectionTransform:
+    """Resize to a ``size`` x ``size`` square, then normalize."""
+    return DetectionTransform(SquareResize(size), mean, std)

@@ -12,6 +12,7 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 from ..detector import Detector, load_rgb
 from ..structures import ClassInfo, Detections
 from .checkpoint import atomic_open
+from .evaluate import encode_masks
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -50,7 +51,8 @@ def keep_confident(det: Detections, score_threshold: float) -> Detections:
 def predict_files(model: Detector, inputs: Iterable[str | Path], out_dir: str | Path,
                   score_threshold: float = 0.3, batch_size: int = 4) -> Path:
     """Run ``model`` on image files; write ``out_dir/predictions.json`` (one record per
-    detection: file_name, category_id, category name, bbox xywh in original pixels, score)
+    detection: file_name, category_id, category name, bbox xywh in original pixels, score, and
+    ``segmentation`` as compressed COCO RLE when the model predicts masks)
     and ``out_dir/<image name>`` with the detections drawn. Returns the JSON path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -64,6 +66,9 @@ def predict_files(model: Detector, inputs: Iterable[str | Path], out_dir: str | 
                          "category": model.classes.names[int(l)],
                          "bbox": [x0, y0, x1 - x0, y1 - y0], "score": s}
                         for (x0, y0, x1, y1), l, s in zip(det.boxes.tolist(), det.labels, det.scores.tolist())]
+            if det.masks is not None and len(det):
+                for record, rle in zip(records[-len(det):], encode_masks(det.masks.cpu())):
+                    record["segmentation"] = rle
             draw(load_rgb(path), det, model.classes).save(out_dir / f"{path.stem}.png")
     json_path = out_dir / "predictions.json"
     with atomic_open(json_path, "w") as f:

@@ -1,0 +1,1 @@
+"""YOLACT (Bolya et al. 2019) and YOLACT++ deformable backbone: real-time instance segmentation."""

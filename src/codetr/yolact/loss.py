@@ -1,0 +1,126 @@
+"""YOLACT's training loss (the official ``MultiBoxLoss`` with the lincomb mask branch).
+
+Inputs are the train-mode outputs (``loc``, ``conf`` logits, ``mask`` coefficients, ``priors``,
+``proto``, ``segm``) and per image: relative xyxy boxes, 0-based labels, masks at the network
+input resolution, and crowd boxes. With N the number of positive priors in the batch:
+
+* box  = bbox_alpha * sum smooth-L1(loc, encoded target) over positives / N
+* conf = conf_alpha * sum CE over positives and OHEM negatives (3 per positive) / N
+* mask = mask_alpha * sum over positives of the BCE of the box-cropped assembled mask with the
+  GT mask (both at prototype resolution), divided by the GT box area in prototype pixels / N
+* segm = semantic_alpha * sum BCE of the 1x1 semantic logits vs the union of each class's
+  GT masks at P3 resolution / (H * W) / batch size
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..assign.prior_match import PriorMatch, match_priors
+from ..boxes import xyxy_to_cxcywh
+from .masks import assemble_masks, crop_masks
+
+
+@dataclass
+class LossTargets:
+    """Ground truth of one image in the network input frame: ``boxes`` [G, 4] relative xyxy,
+    ``labels`` [G] 0-based, ``masks`` [G, H, W] float {0, 1}, ``crowd_boxes`` [K, 4] relative."""
+
+    boxes: Tensor
+    labels: Tensor
+    masks: Tensor
+    crowd_boxes: Tensor | None = None
+
+
+class YolactLoss:
+    def __init__(self, pos_threshold: float = 0.5, neg_threshold: float = 0.4, crowd_threshold: float = 0.7,
+                 negpos_ratio: int = 3, bbox_alpha: float = 1.5, conf_alpha: float = 1.0,
+                 mask_alpha: float = 6.125, semantic_alpha: float = 1.0, masks_to_train: int = 100) -> None:
+        self.pos_threshold, self.neg_threshold, self.crowd_threshold = pos_threshold, neg_threshold, crowd_threshold
+        self.negpos_ratio = negpos_ratio
+        self.bbox_alpha, self.conf_alpha, self.mask_alpha = bbox_alpha, conf_alpha, mask_alpha
+        self.semantic_alpha, self.masks_to_train = semantic_alpha, masks_to_train
+
+    def match(self, targets: list[LossTargets], priors: Tensor) -> list[PriorMatch | None]:
+        """One ``PriorMatch`` per image (None for an image without objects: all background)."""
+        return [match_priors(t.boxes, t.labels, priors, t.crowd_boxes, self.pos_threshold,
+                             self.neg_threshold, self.crowd_threshold) if len(t.boxes) else None
+                for t in targets]
+
+    def __call__(self, outputs: dict[str, Tensor], targets: list[LossTargets]) -> dict[str, Tensor]:
+        """Returns ``loss_box``, ``loss_conf``, ``loss_mask``, ``loss_segm`` (already weighted)
+        plus ``_match`` (per-image matches) and ``_ohem_negatives`` [B, P] bool for inspection."""
+        loc, conf, priors = outputs["loc"], outputs["conf"], outputs["priors"]
+        B, P = conf.shape[:2]
+        matches = self.match(targets, priors)
+        labels = torch.stack([m.labels if m is not None else conf.new_zeros(P, dtype=torch.long)
+                              for m in matches])                                          # [B, P]
+        positive = labels > 0
+        num_pos = positive.sum().clamp(min=1).to(loc.dtype)
+        loc_t = torch.stack([m.loc if m is not None else loc.new_zeros(P, 4) for m in matches])
+        loss_box = F.smooth_l1_loss(loc[positive], loc_t[positive], reduction="sum") * self.bbox_alpha
+        negatives = self.hard_negatives(conf, labels)
+        chosen = positive | negatives
+        loss_conf = F.cross_entropy(conf[chosen], labels[chosen], reduction="sum") * self.conf_alpha
+        loss_mask = self.mask_loss(outputs["proto"], outputs["mask"], matches, targets)
+        loss_segm = self.semantic_loss(outputs["segm"], targets)
+        return {"loss_box": loss_box / num_pos, "loss_conf": loss_conf / num_pos,
+                "loss_mask": loss_mask / num_pos, "loss_segm": loss_segm / B,
+                "_match": matches, "_ohem_negatives": negatives}
+
+    def hard_negatives(self, conf: Tensor, labels: Tensor) -> Tensor:
+        """OHEM: per image the ``negpos_ratio * num_pos`` background priors with the largest
+        background loss logsumexp(conf) - conf[0]. conf [B, P, C], labels [B, P] -> [B, P] bool."""
+        with torch.no_grad():
+            flat = conf.reshape(-1, conf.shape[-1])
+            top = flat.max()                                     # one shift for the whole batch, as official
+            bg_loss = (torch.log(torch.exp(flat - top).sum(1)) + top - flat[:, 0]).view(labels.shape)
+            bg_loss[labels != 0] = 0                             # positives and neutrals never mined
+            rank = bg_loss.sort(1, descending=True).indices.sort(1).indices
+            num_neg = (self.negpos_ratio * (labels > 0).sum(1, keepdim=True)).clamp(max=labels.shape[1] - 1)
+            return (rank < num_neg) & (labels == 0)
+
+    def mask_loss(self, proto: Tensor, coeffs: Tensor, matches: list[PriorMatch | None],
+                  targets: list[LossTargets]) -> Tensor:
+        """proto [B, h, w, k], coeffs [B, P, k]. Sum over images and positives (see module doc)."""
+        h, w = proto.shape[1:3]
+        total = proto.new_zeros(())
+        for b, (m, t) in enumerate(zip(matches, targets)):
+            if m is None or not bool((m.labels > 0).any()):
+                continue
+            positive = m.labels > 0
+            truth = m.truth_index[positive]
+            coef = coeffs[b, positive]
+            num_all = len(truth)
+            if num_all > self.masks_to_train:
+                pick = torch.randperm(num_all, device=truth.device)[:self.masks_to_train]
+                truth, coef = truth[pick], coef[pick]
+            with torch.no_grad():
+                gt = F.interpolate(t.masks[None].float(), (h, w), mode="bilinear", align_corners=False)[0]
+                gt = (gt > 0.5).to(proto.dtype).permute(1, 2, 0)[:, :, truth]            # [h, w, n]
+            boxes = t.boxes[truth]
+            pred = crop_masks(assemble_masks(proto[b], coef), boxes)                    # [h, w, n]
+            with torch.autocast(pred.device.type, enabled=False):  # BCE on probabilities: float32 only
+                bce = F.binary_cross_entropy(pred.float().clamp(0, 1), gt.float(), reduction="none").sum((0, 1))
+            wh = xyxy_to_cxcywh(boxes)[:, 2:]
+            per_mask = bce / (wh[:, 0] * w) / (wh[:, 1] * h) * (h * w)
+            total = total + per_mask.sum() * (num_all / len(truth))
+        return total * self.mask_alpha / (h * w)
+
+    def semantic_loss(self, segm: Tensor, targets: list[LossTargets]) -> Tensor:
+        """segm [B, C_fg, H, W] logits vs per-class union of the GT masks downsampled to H x W."""
+        B, C, H, W = segm.shape
+        total = segm.new_zeros(())
+        for b, t in enumerate(targets):
+            with torch.no_grad():
+                target = segm.new_zeros(C, H, W)
+                if len(t.labels):
+                    small = F.interpolate(t.masks[None].float(), (H, W), mode="bilinear", align_corners=False)[0]
+                    small = (small > 0.5).to(segm.dtype)
+                    for label, m in zip(t.labels.tolist(), small):
+                        target[label] = torch.max(target[label], m)
+            total = total + F.binary_cross_entropy_with_logits(segm[b], target, reduction="sum")
+        return total / (H * W) * self.semantic_alpha
