@@ -5,13 +5,19 @@ from pathlib import Path
 
 from .detector import Detector, InputSpec
 from .detr.deformable_detr import DeformableDETR, DeformableDETRConfig
+from .detr.dino import DINO, DINOConfig
+from .dense.defcn import DeFCN, DeFCNConfig
 from .engine.checkpoint import CheckpointError, load_checkpoint, model_state, save_checkpoint
 from .structures import ClassInfo
+from .yolact.yolact import Yolact, YolactConfig
 from .zoo import create, list_models
 
 # family name -> (model class, config dataclass): how a checkpoint is rebuilt
 FAMILIES: dict[str, tuple[type[Detector], type]] = {
     "deformable_detr": (DeformableDETR, DeformableDETRConfig),
+    "dino": (DINO, DINOConfig),
+    "yolact": (Yolact, YolactConfig),
+    "defcn": (DeFCN, DeFCNConfig),
 }
 
 

@@ -15,6 +15,7 @@ EPILOG = """examples:
   codetr eval runs/tiny/last.ckpt --data data/shapes
   codetr predict runs/tiny/last.ckpt data/shapes/val --out preds/
   codetr convert deformable_detr r50_deformable_detr-checkpoint.pth ddetr.ckpt
+  codetr convert yolact yolact_base_54_800000.pth yolact.ckpt --config yolact_cfg.json
   torchrun --nproc_per_node 2 -m codetr train deformable_detr_tiny --data data/shapes
 """
 
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="make a synthetic dataset, train the tiny model, print COCO AP, draw predictions")
     d.add_argument("--out", default="runs/demo", help="output folder (data, checkpoints, drawings)")
-    d.add_argument("--model", default="deformable_detr_tiny", help="zoo model to train (default: %(default)s)")
+    d.add_argument("--model", default="dino_tiny", help="zoo model to train (default: %(default)s)")
     d.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=4")
     d.add_argument("--train-images", type=int, default=1000, help="synthetic train images (default %(default)s)")
     d.add_argument("--val-images", type=int, default=200, help="synthetic val images (default %(default)s)")
@@ -55,10 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--score-threshold", type=float, default=0.3)
 
     c = sub.add_parser("convert", help="official checkpoint -> codetr checkpoint")
-    c.add_argument("family", help="deformable_detr")
+    c.add_argument("family", help="deformable_detr, dino, yolact or defcn")
     c.add_argument("input", help="official checkpoint (.pth)")
     c.add_argument("output", help="codetr checkpoint to write")
     c.add_argument("--config", default=None, help="JSON of official config values, if the file carries none")
+    c.add_argument("--ema", action="store_true", help="DINO: convert the EMA weights ('ema_model')")
 
     ds = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     s = ds.add_parser("synth", help="write a synthetic COCO-format shapes dataset")

@@ -12,7 +12,8 @@ log = logging.getLogger("codetr")
 
 
 def _print_metrics(metrics: dict) -> None:
-    keys = [k for k in ("AP", "AP50", "AP75", "APs", "APm", "APl") if k in metrics]
+    keys = [k for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "mask_AP", "mask_AP50", "mask_AP75")
+            if k in metrics]
     print("  ".join(f"{k} {metrics[k]:.3f}" for k in keys))
 
 
@@ -53,8 +54,10 @@ def eval(args: Namespace) -> int:  # noqa: A001 (the subcommand's name)
 
     model = load(args.checkpoint)
     spec = model.input_spec
+    scale = 255.0 if spec.scale_255 else 1.0  # DataConfig normalises [0, 1] values
     data = DataConfig(path=args.data, eval_min_size=spec.min_size, eval_max_size=spec.max_size,
-                      mean=list(spec.mean), std=list(spec.std))
+                      mean=[m / scale for m in spec.mean], std=[s / scale for s in spec.std],
+                      square=spec.square)
     dataset = val_dataset(data)
     loader = build_loader(dataset, args.batch_size, shuffle=False, num_workers=0)
     metrics = evaluate(model, loader, dataset.coco, model.classes, results_path=args.results)
@@ -77,7 +80,7 @@ def convert(args: Namespace) -> int:
     from .convert import load_official
 
     config = json.loads(Path(args.config).read_text()) if args.config else None
-    model = load_official(args.family, args.input, config)
+    model = load_official(args.family, args.input, config, ema=getattr(args, "ema", False))
     save(model, args.output, model_name=f"{args.family}_official")
     print(f"wrote {args.output} ({model.family}, {model.num_classes} classes)")
     return 0
