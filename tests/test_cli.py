@@ -108,3 +108,17 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert "AP50" in printed and "drawn predictions" in printed
     assert (out / "train" / "last.ckpt").is_file()
     assert len(list((out / "predictions").glob("*.png"))) == 4
+
+
+def test_train_in_two_processes_then_resume(dataset, tmp_path):
+    """``codetr train --procs 2``: DDP on CPU writes one run; ``--resume`` reaches the workers."""
+    out = tmp_path / "ddp"
+    args = ["train", "deformable_detr_tiny", "--data", str(dataset), "--out", str(out), "--procs", "2",
+            "--set", "train.epochs=1", "train.batch_size=2", "data.train_scales=[48]", "data.max_size=64",
+            "data.eval_min_size=48", "data.eval_max_size=64", *SMALL]
+    assert main(args) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["type"] == "eval"] == [1]  # 3 images per process: 1 full batch of 2
+    finished = (out / "last.ckpt").read_bytes()
+    assert main(args + ["--resume"]) == 0
+    assert (out / "last.ckpt").read_bytes() == finished

@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="config overrides: train.epochs=24 train.lr=1e-4 data.train_scales=[96,128] ...")
     t.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="resume from a checkpoint (default: <out>/last.ckpt)")
+    t.add_argument("--procs", type=int, default=1,
+                   help="CPU training in this many single-threaded DDP processes (gloo); train.batch_size is "
+                        "per process. For GPUs use torchrun (default %(default)s)")
 
     e = sub.add_parser("eval", help="COCO AP of a checkpoint on a dataset's val split")
     e.add_argument("checkpoint")

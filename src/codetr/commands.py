@@ -23,7 +23,7 @@ def train(args: Namespace) -> int:
 
     cfg = recipe(args.model)
     cfg = replace(cfg, data=replace(cfg.data, path=args.data), out_dir=args.out or cfg.out_dir)
-    run(apply_overrides(cfg, args.set), resume=args.resume)
+    train_in_processes(apply_overrides(cfg, args.set), args.procs, resume=args.resume)
     return 0
 
 
@@ -133,19 +133,20 @@ def demo(args: Namespace) -> int:
     return 0
 
 
-def train_in_processes(cfg, procs: int) -> None:
+def train_in_processes(cfg, procs: int, resume: str | None = "auto") -> None:
     """Train ``cfg`` in ``procs`` single-threaded DDP processes (gloo) on this machine, or in
     this process when ``procs`` is 1. On a small CPU, processes with one thread each use the
     cores better than one process with several threads."""
     import torch.multiprocessing as mp
 
     if procs <= 1:
-        run(cfg, resume="auto")
+        run(cfg, resume=resume)
         return
-    mp.start_processes(_train_worker, args=(procs, _free_port(), cfg.to_dict()), nprocs=procs, start_method="spawn")
+    mp.start_processes(_train_worker, args=(procs, _free_port(), cfg.to_dict(), resume), nprocs=procs,
+                       start_method="spawn")
 
 
-def _train_worker(rank: int, world: int, port: int, cfg_dict: dict) -> None:
+def _train_worker(rank: int, world: int, port: int, cfg_dict: dict, resume: str | None) -> None:
     import os
 
     import torch
@@ -159,7 +160,7 @@ def _train_worker(rank: int, world: int, port: int, cfg_dict: dict) -> None:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        run(RunConfig.from_dict(cfg_dict), resume="auto")
+        run(RunConfig.from_dict(cfg_dict), resume=resume)
     finally:
         du.cleanup()
 

@@ -85,8 +85,10 @@ class TrainConfig:
     lr_multipliers: dict[str, float] = field(default_factory=lambda: {
         "backbone": 0.1, "sampling_offsets": 0.1, "reference_points": 0.1})
     clip_max_norm: float = 0.1            # <= 0 disables clipping
-    lr_drop: int | None = 40
+    lr_schedule: Literal["step", "cosine", "linear"] = "step"
+    lr_drop: int | None = 40              # "step": epoch of the x lr_gamma drop
     lr_gamma: float = 0.1
+    lr_final: float = 0.01                # "cosine" / "linear": final LR / lr
     warmup_iters: int = 0
     amp: Literal["none", "bf16", "fp16"] = "none"
     accumulate: int = 1
@@ -101,6 +103,8 @@ class TrainConfig:
     ema_warmup: int = 0                   # optimizer steps over which the EMA decay ramps up
 
     def __post_init__(self) -> None:
+        if self.lr_schedule not in ("step", "cosine", "linear"):
+            raise ConfigError(f"train.lr_schedule must be 'step', 'cosine' or 'linear', got {self.lr_schedule!r}")
         if self.amp not in ("none", "bf16", "fp16"):
             raise ConfigError(f"train.amp must be 'none', 'bf16' or 'fp16', got {self.amp!r}")
         if self.accumulate < 1 or self.batch_size < 1:

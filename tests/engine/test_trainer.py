@@ -67,6 +67,18 @@ def test_lr_schedule_warmup_then_drop():
     assert lr_factor(100, warmup=0, drop_step=None, gamma=0.1) == 1.0
 
 
+@pytest.mark.parametrize("schedule,midway", [("cosine", 0.505), ("linear", 0.505)])
+def test_lr_schedule_decays_after_warmup_to_final(schedule, midway):
+    """Warmup over 2 steps, then from 1 down to ``final`` = 0.01 at step 12 (halfway: step 7)."""
+    f = [lr_factor(s, warmup=2, drop_step=None, gamma=0.1, schedule=schedule, total_steps=12, final=0.01)
+         for s in range(14)]
+    assert f[:3] == pytest.approx([0.5, 1.0, 1.0])
+    assert f[7] == pytest.approx(midway) and f[12] == f[13] == pytest.approx(0.01)
+    assert all(a >= b for a, b in zip(f[2:], f[3:]))
+    a_fifth = 0.01 + 0.99 * ((1 + math.cos(math.pi / 5)) / 2 if schedule == "cosine" else 0.8)
+    assert f[4] == pytest.approx(a_fifth)  # step 4: (4 - 2) / 10 of the decay
+
+
 @pytest.mark.parametrize("num_workers,ema_decay", [(0, 0.0), (2, 0.0), (0, 0.9)])
 def test_resume_mid_epoch_is_exact(tmp_path, num_workers, ema_decay):
     """12 iterations straight vs. killed at 7 (last.ckpt from step 6, mid-epoch), then resumed

@@ -107,6 +107,7 @@ def test_checkpoint_round_trip(model, tmp_path):
 def test_zoo_entries():
     tiny = codetr.create("yolact_tiny", num_classes=6)
     assert tiny.config.backbone_depth == 18 and tiny.head.num_priors == 3 and tiny.config.max_size == 128
+    assert tiny.backbone.out_channels == [64, 128, 256] and tiny.backbone.body.conv1.out_channels == 32
     plus = codetr.create("yolact_plus_r50_550", num_classes=80)
     assert plus.head.num_priors == 9 and not plus.config.square_anchors
     assert sum(isinstance(m, ModulatedDeformConv2d) for m in plus.modules()) == 4 + 6 + 3

@@ -33,6 +33,8 @@ class DeformableDETRConfig:
     backbone_norm: str = "frozen_bn"
     backbone_frozen_stages: int = 1
     dilation: bool = False
+    stem_channels: int = 64               # ResNet widths (see ResNetBackbone); the defaults load
+    res2_channels: int | None = None      # torchvision / official weights
     hidden_dim: int = 256
     num_heads: int = 8
     enc_layers: int = 6
@@ -87,7 +89,8 @@ class DeformableDETR(Detector):
         self.config = c = config
         num_backbone_levels = min(c.num_feature_levels, 3)
         self.backbone = ResNetBackbone(c.backbone_depth, c.backbone_norm, range(5 - num_backbone_levels, 5),
-                                       c.backbone_frozen_stages, c.dilation)
+                                       c.backbone_frozen_stages, c.dilation,
+                                       stem_channels=c.stem_channels, res2_channels=c.res2_channels)
         self.position = SinePositionEncoding(c.hidden_dim // 2)
         self.input_proj = input_projections(self.backbone.out_channels, c.hidden_dim, c.num_feature_levels)
         self.transformer = DeformableTransformer(

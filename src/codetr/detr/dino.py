@@ -41,6 +41,8 @@ class DINOConfig:
     backbone_norm: str = "frozen_bn"
     backbone_frozen_stages: int = 1
     dilation: bool = False
+    stem_channels: int = 64               # ResNet widths (see ResNetBackbone); the defaults load
+    res2_channels: int | None = None      # torchvision / official weights
     return_interm_indices: list[int] = field(default_factory=lambda: [1, 2, 3])  # 0 = C2 .. 3 = C5
     num_feature_levels: int = 4
     hidden_dim: int = 256
@@ -107,7 +109,8 @@ class DINO(Detector):
         check_config(config, len(self.classes))
         self.config = c = config
         self.backbone = ResNetBackbone(c.backbone_depth, c.backbone_norm, [i + 1 for i in c.return_interm_indices],
-                                       c.backbone_frozen_stages, c.dilation)
+                                       c.backbone_frozen_stages, c.dilation,
+                                       stem_channels=c.stem_channels, res2_channels=c.res2_channels)
         self.position = SinePositionEncoding(c.hidden_dim // 2, c.pe_temperature_h, c.pe_temperature_w, offset=0.0)
         self.input_proj = input_projections(self.backbone.out_channels, c.hidden_dim, c.num_feature_levels)
         self.transformer = DINOTransformer(

@@ -301,9 +301,11 @@ class EvalHook(HookBase):
 
     def run(self) -> dict[str, float]:
         t = self.trainer
+        start = time.perf_counter()
         metrics = evaluate(t.eval_model, t.val_loader, t.coco_gt, unwrap(t.model).classes)
         t.last_metrics = metrics
-        t.log({"type": "eval", "step": t.global_step, "epoch": t.epoch, **metrics})
+        t.log({"type": "eval", "step": t.global_step, "epoch": t.epoch, "eval_s": time.perf_counter() - start,
+               "timestamp": time.time(), **metrics})
         if metrics["AP"] > t.best.get("AP", -math.inf):
             t.best = {"AP": metrics["AP"], "epoch": t.epoch, "step": t.global_step}
             t.save(BEST)
@@ -378,17 +380,26 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
                              weight_decay=cfg.weight_decay, fused=devices <= {"cpu", "cuda"})
 
 
-def lr_factor(step: int, warmup: int, drop_step: int | None, gamma: float) -> float:
-    """LR multiplier at optimizer step ``step``: linear warmup, then x gamma from ``drop_step``."""
-    factor = gamma if drop_step is not None and step >= drop_step else 1.0
+def lr_factor(step: int, warmup: int, drop_step: int | None, gamma: float, schedule: str = "step",
+              total_steps: int = 0, final: float = 0.01) -> float:
+    """LR multiplier at optimizer step ``step``: linear warmup over ``warmup`` steps, times
+    ``"step"``: ``gamma`` from ``drop_step`` on; ``"cosine"`` / ``"linear"``: a decay from 1 after
+    the warmup to ``final`` at ``total_steps``."""
+    if schedule == "step":
+        factor = gamma if drop_step is not None and step >= drop_step else 1.0
+    else:
+        t = min(max(step - warmup, 0) / max(total_steps - warmup, 1), 1.0)
+        factor = final + (1 - final) * (0.5 * (1 + math.cos(math.pi * t)) if schedule == "cosine" else 1 - t)
     return factor * min(1.0, (step + 1) / warmup) if warmup > 0 else factor
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
                     steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-optimizer-step LambdaLR: warmup over ``warmup_iters``, drop at epoch ``lr_drop``."""
+    """Per-optimizer-step LambdaLR: warmup over ``warmup_iters``, then ``cfg.lr_schedule``."""
     drop = cfg.lr_drop * steps_per_epoch if cfg.lr_drop is not None else None
-    factor = functools.partial(lr_factor, warmup=cfg.warmup_iters, drop_step=drop, gamma=cfg.lr_gamma)
+    factor = functools.partial(lr_factor, warmup=cfg.warmup_iters, drop_step=drop, gamma=cfg.lr_gamma,
+                               schedule=cfg.lr_schedule, total_steps=cfg.epochs * steps_per_epoch,
+                               final=cfg.lr_final)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 

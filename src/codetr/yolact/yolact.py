@@ -52,6 +52,8 @@ class YolactConfig:
     backbone_frozen_stages: int = -1
     dcn_layers: list[int] = field(default_factory=lambda: [0, 0, 0, 0])   # YOLACT++: [0, 4, 6, 3]
     dcn_interval: int = 1
+    stem_channels: int = 64               # ResNet widths (see ResNetBackbone); the defaults load
+    res2_channels: int | None = None      # torchvision / official weights
     fpn_features: int = 256
     pred_scales: list[list[float]] = field(default_factory=lambda: [[24], [48], [96], [192], [384]])
     aspect_ratios: list[float] = field(default_factory=lambda: [1, 0.5, 2])
@@ -92,7 +94,8 @@ class Yolact(Detector):
         self.config = c = config
         if len({len(s) for s in c.pred_scales}) != 1:
             raise ValueError(f"every level needs the same number of scales (one shared head), got {c.pred_scales}")
-        self.backbone = ResNetBackbone(c.backbone_depth, c.backbone_norm, (2, 3, 4), c.backbone_frozen_stages)
+        self.backbone = ResNetBackbone(c.backbone_depth, c.backbone_norm, (2, 3, 4), c.backbone_frozen_stages,
+                                       stem_channels=c.stem_channels, res2_channels=c.res2_channels)
         if any(c.dcn_layers):
             add_deformable_convs(self.backbone.body, c.dcn_layers, c.dcn_interval)
         self.fpn = YolactFPN(self.backbone.out_channels, c.fpn_features, num_extra=2)
