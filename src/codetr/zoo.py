@@ -236,7 +236,8 @@ def _yolact_tiny_recipe(name: str) -> "RunConfig":
     squares, flip only (the SSD crop / zoom-out cost more than they give at this budget),
     batch 8, AdamW with a 100-step warmup, 27 epochs of 1000 images (~32 s each with 2 threads),
     LR drop x0.1 at 24, evaluation every 4th epoch. Measured runs (box / mask AP50, benchmarks/
-    RESULTS.md): LR 3e-3 0.794 / 0.708 after 27 epochs (14.3 min); 2e-3 0.771 / 0.675 after 28
+    RESULTS.md): LR 3e-3 0.794 / 0.708 after 27 epochs (14.3 min; again: 0.789 / 0.691 in
+    14.5 min); 2e-3 0.771 / 0.675 after 28
     (15.0 min); 1e-3 0.703 / 0.609 after 26 epochs without a drop yet (14.8 min). A linear
     decay of the LR over the run learned less than a constant LR with a late drop (0.602 /
     0.490 after 24 epochs at 1e-3)."""
