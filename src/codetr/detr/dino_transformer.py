@@ -13,8 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from ..boxes import inverse_sigmoid
-from ..nn import MLP, MultiScaleDeformableAttention
-from .transformer import DecoderLayer, DeformableTransformer, EncoderLayer, encoder_proposals
+from ..nn import MLP
+from .transformer import (DecoderLayer, DeformableTransformer, EncoderLayer, encoder_proposals,
+                          init_transformer_weights)
 
 # DINO's inverse sigmoid clamps at 1e-3 (Deformable DETR: 1e-5); it matters for boxes that
 # touch the image border, e.g. noised denoising boxes clamped to [0, 1].
@@ -56,12 +57,7 @@ class DINOTransformer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
-        for m in self.modules():
-            if isinstance(m, MultiScaleDeformableAttention):
-                m.reset_parameters()
+        init_transformer_weights(self)
         nn.init.normal_(self.level_embed)
 
     def select_queries(self, enc: dict[str, Tensor], class_head: nn.Module, box_head: nn.Module) -> dict[str, Tensor]:

@@ -77,6 +77,17 @@ def encoder_proposals(padding_mask: Tensor, spatial_shapes: list[tuple[int, int]
     return proposals, valid & ~padding_mask[..., None]
 
 
+def init_transformer_weights(module: nn.Module) -> None:
+    """The official init of a deformable transformer: xavier-uniform for every matrix, then each
+    deformable attention's own reset (offsets start on a ring of directions)."""
+    for p in module.parameters():
+        if p.dim() > 1:
+            nn.init.xavier_uniform_(p)
+    for m in module.modules():
+        if isinstance(m, MultiScaleDeformableAttention):
+            m.reset_parameters()
+
+
 class EncoderLayer(nn.Module):
     """Deformable self-attention over all levels, then FFN; post-norm."""
 
@@ -156,12 +167,7 @@ class DeformableTransformer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
-        for m in self.modules():
-            if isinstance(m, MultiScaleDeformableAttention):
-                m.reset_parameters()
+        init_transformer_weights(self)
         if not self.two_stage:
             nn.init.xavier_uniform_(self.reference_points.weight, gain=1.0)
             nn.init.zeros_(self.reference_points.bias)
