@@ -2,9 +2,10 @@
 import pytest
 import torch
 
-from codetr.ops.msda import ms_deform_attn, ms_deform_attn_bag, ms_deform_attn_grid_sample
+from codetr.ops import msda
+from codetr.ops.msda import ms_deform_attn, ms_deform_attn_bag, ms_deform_attn_dense, ms_deform_attn_grid_sample
 
-BACKENDS = [ms_deform_attn_grid_sample, ms_deform_attn_bag]
+BACKENDS = [ms_deform_attn_grid_sample, ms_deform_attn_bag, ms_deform_attn_dense]
 
 
 def bilinear_zero_pad(v, x, y):
@@ -72,8 +73,8 @@ def test_gradcheck(backend):
                                     eps=1e-6, atol=1e-5)
 
 
-def test_cpu_backend_equals_reference_in_value_and_gradient_float32():
-    """At a realistic size (4 levels, 8 heads) the CPU backend reproduces the reference."""
+def test_cpu_backends_equal_reference_in_value_and_gradient_float32():
+    """At a realistic size (4 levels, 8 heads) the CPU backends reproduce the reference."""
     g = torch.Generator().manual_seed(3)
     shapes = [(20, 27), (10, 14), (5, 7), (3, 4)]
     S, B, Q, M, D, L, P = sum(h * w for h, w in shapes), 2, 50, 8, 32, 4, 4
@@ -85,6 +86,16 @@ def test_cpu_backend_equals_reference_in_value_and_gradient_float32():
     for backend in BACKENDS:
         out = backend(value, shapes, loc, attn)
         results.append((out, *torch.autograd.grad(out, (value, loc, attn), grad_out)))
-    for ref, fast in zip(*results):
-        torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4)
+    reference, *fast_backends = results
+    for fast in fast_backends:
+        for ref, got in zip(reference, fast):
+            torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_cpu_dispatch_picks_dense_for_small_problems_and_bag_for_large(monkeypatch):
+    value, shapes, loc, attn = inputs(torch.float32, seed=4)
+    entries = value.shape[0] * value.shape[1] * value.shape[2] * loc.shape[1]
+    monkeypatch.setattr(msda, "DENSE_MAX_ENTRIES", entries)
+    assert ms_deform_attn(value, shapes, loc, attn).equal(ms_deform_attn_dense(value, shapes, loc, attn))
+    monkeypatch.setattr(msda, "DENSE_MAX_ENTRIES", entries - 1)
     assert ms_deform_attn(value, shapes, loc, attn).equal(ms_deform_attn_bag(value, shapes, loc, attn))

@@ -10,13 +10,17 @@ Locations are normalized to [0, 1] over each level's map (0 = left/top edge of t
 pixel, 1 = right/bottom edge of the last), bilinear with zero padding outside the map, which is
 what ``grid_sample(align_corners=False, padding_mode='zeros')`` computes.
 
-Two backends, chosen by ``ms_deform_attn`` from the device:
+Three backends, chosen by ``ms_deform_attn`` from the device and the problem size:
 - ``ms_deform_attn_grid_sample``: the readable reference (one ``grid_sample`` per level), used on
   GPUs and the one every other backend is tested against;
 - ``ms_deform_attn_bag`` (CPU): the same sum written as one ``embedding_bag``: each (image,
   head, query) is a bag of the L*P*4 bilinear corner rows of the value table, weighted by
-  attention x bilinear weight. On CPU it runs ~2x faster forward and backward than the
-  reference (benchmarks/RESULTS.md).
+  attention x bilinear weight. On CPU it runs ~2x faster forward than the reference
+  (benchmarks/RESULTS.md);
+- ``ms_deform_attn_dense`` (CPU, small maps): the corner weights scattered into a dense
+  [Q, S] matrix per (image, head), then one batched matrix product. Its cost grows with Q x S,
+  so it only pays while that is small: ~2x faster than the bag forward + backward at the
+  ~340 tokens of 128 px images, even at ~1000 tokens, slower beyond.
 """
 from __future__ import annotations
 
@@ -25,11 +29,22 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+# Largest B * M * Q * S (entries of the dense mixing matrices, 32 MB in float32) for which the
+# CPU uses the dense backend: there it was >= 2x faster than the bag up to ~2M entries and
+# even at ~16M (benchmarks/bench_msda.py --small).
+DENSE_MAX_ENTRIES = 1 << 23
+
+
 def ms_deform_attn(value: Tensor, spatial_shapes: Tensor | list[tuple[int, int]],
                    sampling_locations: Tensor, attention_weights: Tensor) -> Tensor:
-    """Multi-scale deformable attention with the fastest backend for the inputs' device
-    (shapes as in ``ms_deform_attn_grid_sample``)."""
-    backend = ms_deform_attn_bag if value.device.type == "cpu" else ms_deform_attn_grid_sample
+    """Multi-scale deformable attention with the fastest backend for the inputs' device and
+    size (shapes as in ``ms_deform_attn_grid_sample``)."""
+    if value.device.type != "cpu":
+        backend = ms_deform_attn_grid_sample
+    elif value.shape[0] * value.shape[1] * value.shape[2] * sampling_locations.shape[1] <= DENSE_MAX_ENTRIES:
+        backend = ms_deform_attn_dense
+    else:
+        backend = ms_deform_attn_bag
     return backend(value, spatial_shapes, sampling_locations, attention_weights)
 
 
@@ -61,14 +76,13 @@ def ms_deform_attn_grid_sample(value: Tensor, spatial_shapes: Tensor | list[tupl
     return out.view(B, M * D, Q).transpose(1, 2).contiguous()
 
 
-def ms_deform_attn_bag(value: Tensor, spatial_shapes: Tensor | list[tuple[int, int]],
-                       sampling_locations: Tensor, attention_weights: Tensor) -> Tensor:
-    """The reference's sum as one weighted ``embedding_bag`` over the rows of the value table."""
-    shapes = [(int(h), int(w)) for h, w in spatial_shapes]
-    B, S, M, D = value.shape
-    _, Q, _, L, P, _ = sampling_locations.shape
-    device, dtype = value.device, sampling_locations.dtype
-    table = value.transpose(1, 2).reshape(B * M * S, D)                    # row (b, m, s)
+def _bilinear_corners(shapes: list[tuple[int, int]], sampling_locations: Tensor,
+                      attention_weights: Tensor) -> tuple[Tensor, Tensor]:
+    """The 4 bilinear corners of every sampling point as rows of one (image, head)'s value
+    table, with weight attention x bilinear weight (0 for corners outside the map).
+    returns rows [B, M, Q, L*P*4] in [0, S) and weights [B, M, Q, L*P*4]."""
+    B, Q, M, L, P, _ = sampling_locations.shape
+    device, dtype = sampling_locations.device, sampling_locations.dtype
     heights = torch.tensor([h for h, _ in shapes], dtype=dtype, device=device).view(L, 1)
     widths = torch.tensor([w for _, w in shapes], dtype=dtype, device=device).view(L, 1)
     level_start = torch.tensor([0] + [h * w for h, w in shapes[:-1]], device=device).cumsum(0).view(L, 1)
@@ -86,8 +100,36 @@ def ms_deform_attn_bag(value: Tensor, spatial_shapes: Tensor | list[tuple[int, i
         pixel = y.clamp(0, None).minimum(heights - 1) * widths + x.clamp(0, None).minimum(widths - 1)
         rows.append(pixel.long() + level_start)
         weights.append(bilinear * attn * inside)
-    image_head = torch.arange(B * M, device=device).view(B, M, 1, 1, 1) * S
-    rows = (torch.stack(rows, -1) + image_head.unsqueeze(-1)).view(B * M * Q, L * P * 4)
-    weights = torch.stack(weights, -1).view(B * M * Q, L * P * 4).to(value.dtype)
+    return torch.stack(rows, -1).view(B, M, Q, L * P * 4), torch.stack(weights, -1).view(B, M, Q, L * P * 4)
+
+
+def ms_deform_attn_bag(value: Tensor, spatial_shapes: Tensor | list[tuple[int, int]],
+                       sampling_locations: Tensor, attention_weights: Tensor) -> Tensor:
+    """The reference's sum as one weighted ``embedding_bag`` over the rows of the value table."""
+    shapes = [(int(h), int(w)) for h, w in spatial_shapes]
+    B, S, M, D = value.shape
+    Q = sampling_locations.shape[1]
+    rows, weights = _bilinear_corners(shapes, sampling_locations, attention_weights)
+    table = value.transpose(1, 2).reshape(B * M * S, D)                    # row (b, m, s)
+    image_head = torch.arange(B * M, device=value.device).view(B, M, 1, 1) * S
+    rows = (rows + image_head).view(B * M * Q, -1)
+    weights = weights.reshape(B * M * Q, -1).to(value.dtype)
     out = F.embedding_bag(rows, table, per_sample_weights=weights, mode="sum")  # [B*M*Q, D]
+    return out.view(B, M, Q, D).transpose(1, 2).reshape(B, Q, M * D)
+
+
+def ms_deform_attn_dense(value: Tensor, spatial_shapes: Tensor | list[tuple[int, int]],
+                         sampling_locations: Tensor, attention_weights: Tensor) -> Tensor:
+    """The reference's sum as a batched matrix product with a dense [Q, S] matrix per (image,
+    head) that holds the corner weights: for small maps (a few hundred tokens) the products and
+    their backward are far cheaper than gathering and scattering rows one by one."""
+    shapes = [(int(h), int(w)) for h, w in spatial_shapes]
+    B, S, M, D = value.shape
+    Q = sampling_locations.shape[1]
+    rows, weights = _bilinear_corners(shapes, sampling_locations, attention_weights)
+    # corners that fall on the same token add up, as the bilinear sum does
+    mixing = value.new_zeros(B * M * Q, S).scatter_add(1, rows.view(B * M * Q, -1),
+                                                     weights.reshape(B * M * Q, -1).to(value.dtype))
+    per_head = value.transpose(1, 2).reshape(B * M, S, D)
+    out = torch.bmm(mixing.view(B * M, Q, S), per_head)                     # [B*M, Q, D]
     return out.view(B, M, Q, D).transpose(1, 2).reshape(B, Q, M * D)
