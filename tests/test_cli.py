@@ -122,3 +122,30 @@ def test_train_in_two_processes_then_resume(dataset, tmp_path):
     finished = (out / "last.ckpt").read_bytes()
     assert main(args + ["--resume"]) == 0
     assert (out / "last.ckpt").read_bytes() == finished
+
+
+def test_process_count_comes_from_the_recipe_and_is_one_on_a_gpu(monkeypatch):
+    """``train.procs`` (the tiny DETR recipe's 2) unless ``--procs`` says otherwise; at most one
+    process per core; one process whenever training runs on a GPU."""
+    import os
+
+    import torch.multiprocessing as mp
+
+    from codetr import commands
+    from codetr.config import apply_overrides
+    from codetr.zoo import recipe
+
+    launched = []
+    monkeypatch.setattr(commands, "run", lambda cfg, resume=None: launched.append(1))
+    monkeypatch.setattr(commands, "build_run", lambda cfg: None)
+    monkeypatch.setattr(mp, "start_processes", lambda fn, args, nprocs, start_method: launched.append(nprocs))
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    cfg = recipe("dino_tiny")
+    assert cfg.train.procs == 2
+    commands.train_in_processes(cfg)
+    commands.train_in_processes(cfg, procs=3)
+    commands.train_in_processes(cfg, procs=8)
+    commands.train_in_processes(apply_overrides(cfg, ["train.device=cuda"]))
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    commands.train_in_processes(cfg)
+    assert launched == [2, 3, 4, 1, 1]

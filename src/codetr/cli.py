@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import json
 import logging
 import sys
@@ -31,8 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=4")
     d.add_argument("--train-images", type=int, default=1000, help="synthetic train images (default %(default)s)")
     d.add_argument("--val-images", type=int, default=200, help="synthetic val images (default %(default)s)")
-    d.add_argument("--procs", type=int, default=min(2, os.cpu_count() or 1),
-                   help="training processes (DDP on CPU; default %(default)s); train.batch_size is per process")
+    d.add_argument("--procs", type=int, default=None,
+                   help="training processes (DDP on CPU; default: the recipe's train.procs, at most one per "
+                        "core); train.batch_size is per process")
 
     t = sub.add_parser("train", help="train a zoo model on a COCO-format dataset")
     t.add_argument("model", help="zoo model name (see `codetr models`)")
@@ -42,9 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="config overrides: train.epochs=24 train.lr=1e-4 data.train_scales=[96,128] ...")
     t.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="resume from a checkpoint (default: <out>/last.ckpt)")
-    t.add_argument("--procs", type=int, default=1,
+    t.add_argument("--procs", type=int, default=None,
                    help="CPU training in this many single-threaded DDP processes (gloo); train.batch_size is "
-                        "per process. For GPUs use torchrun (default %(default)s)")
+                        "per process (default: the recipe's train.procs, at most one per core). For GPUs use "
+                        "torchrun")
 
     e = sub.add_parser("eval", help="COCO AP of a checkpoint on a dataset's val split")
     e.add_argument("checkpoint")

@@ -98,6 +98,7 @@ class TrainConfig:
     log_every: int = 20
     max_iters: int | None = None
     device: str = "auto"                  # "auto", "cpu", "cuda", ...
+    procs: int = 1                        # CPU only: single-thread DDP processes; batch_size is per process
     find_unused_parameters: bool = False
     ema_decay: float = 0.0                # > 0: evaluate and save an EMA of the weights
     ema_warmup: int = 0                   # optimizer steps over which the EMA decay ramps up
@@ -107,8 +108,8 @@ class TrainConfig:
             raise ConfigError(f"train.lr_schedule must be 'step', 'cosine' or 'linear', got {self.lr_schedule!r}")
         if self.amp not in ("none", "bf16", "fp16"):
             raise ConfigError(f"train.amp must be 'none', 'bf16' or 'fp16', got {self.amp!r}")
-        if self.accumulate < 1 or self.batch_size < 1:
-            raise ConfigError("train.accumulate and train.batch_size must be >= 1")
+        if self.accumulate < 1 or self.batch_size < 1 or self.procs < 1:
+            raise ConfigError("train.accumulate, train.batch_size and train.procs must be >= 1")
 
 
 @dataclass
