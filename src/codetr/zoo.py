@@ -239,17 +239,18 @@ def _official_yolact_recipe(name: str) -> "RunConfig":
 def _yolact_tiny_recipe(name: str) -> "RunConfig":
     """For ``codetr train yolact_tiny`` on 2 CPU cores (synthetic shapes, ~15 min): 128 px
     squares, flip only (the SSD crop / zoom-out cost more than they give at this budget),
-    batch 8, AdamW with a 100-step warmup, 27 epochs of 1000 images (~32 s each with 2 threads),
-    LR drop x0.1 at 24, evaluation every 4th epoch. Measured runs (box / mask AP50, benchmarks/
-    RESULTS.md): LR 3e-3 0.794 / 0.708 after 27 epochs (14.3 min; again: 0.789 / 0.691 in
-    14.5 min); 2e-3 0.771 / 0.675 after 28
-    (15.0 min); 1e-3 0.703 / 0.609 after 26 epochs without a drop yet (14.8 min). A linear
-    decay of the LR over the run learned less than a constant LR with a late drop (0.602 /
-    0.490 after 24 epochs at 1e-3)."""
+    2 single-thread processes x batch 4 (~24 s per epoch of 1000 images, 25% faster than one
+    2-thread process with batch 8, when the host is quiet), AdamW LR 3e-3 with a 100-step
+    warmup, 32 epochs, LR drop x0.1 at 28. Measured (box / mask AP50, benchmarks/RESULTS.md):
+    2 x 4, 30 epochs, drop at 27: 0.787 / 0.698 in 11.8 min; 35 epochs, drop at 31: 0.785 /
+    0.700 in 16.3 min (a slower host: ~28 s per epoch). One process, batch 8, 27 epochs, drop at 24: LR 3e-3 0.794 /
+    0.708 and 0.789 / 0.691 (14.3, 14.5 min); 2e-3 0.771 / 0.675; 1e-3 0.703 / 0.609. A linear
+    decay of the LR over the run learned less than a constant LR with a late drop."""
     from .config import RunConfig, TrainConfig
 
-    train = TrainConfig(epochs=27, batch_size=8, lr=3e-3, weight_decay=1e-4, lr_multipliers={}, clip_max_norm=0,
-                        lr_drop=24, warmup_iters=100, eval_every=4, checkpoint_every_iters=500, log_every=25)
+    train = TrainConfig(epochs=32, batch_size=4, procs=2, lr=3e-3, weight_decay=1e-4, lr_multipliers={},
+                        clip_max_norm=0, lr_drop=28, warmup_iters=100, eval_every=8, checkpoint_every_iters=500,
+                        log_every=25)
     return RunConfig(model=name, out_dir=f"runs/{name}",
                      data=_yolact_data(YOLACT_TINY_SIZE, crop=False, num_workers=0), train=train)
 
