@@ -243,9 +243,10 @@ def _yolact_tiny_recipe(name: str) -> "RunConfig":
     2-thread process with batch 8, when the host is quiet), AdamW LR 3e-3 with a 100-step
     warmup, 32 epochs, LR drop x0.1 at 28. Measured (box / mask AP50, benchmarks/RESULTS.md):
     2 x 4, 30 epochs, drop at 27: 0.787 / 0.698 in 11.8 min; 35 epochs, drop at 31: 0.785 /
-    0.700 in 16.3 min (a slower host: ~28 s per epoch). One process, batch 8, 27 epochs, drop at 24: LR 3e-3 0.794 /
-    0.708 and 0.789 / 0.691 (14.3, 14.5 min); 2e-3 0.771 / 0.675; 1e-3 0.703 / 0.609. A linear
-    decay of the LR over the run learned less than a constant LR with a late drop."""
+    0.700 in 16.1 min (a slower host: ~28 s per epoch). One process, batch 8, 27 epochs, drop
+    at 24: LR 3e-3 0.794 / 0.708 and 0.789 / 0.691 (14.3, 14.5 min); 2e-3 0.771 / 0.675; 1e-3
+    0.703 / 0.609. A linear decay of the LR over the run learned less than a constant LR with a
+    late drop."""
     from .config import RunConfig, TrainConfig
 
     train = TrainConfig(epochs=32, batch_size=4, procs=2, lr=3e-3, weight_decay=1e-4, lr_multipliers={},
