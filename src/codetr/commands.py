@@ -157,8 +157,11 @@ def train_in_processes(cfg, procs: int | None = None, resume: str | None = "auto
                  cfg.train.device, procs)
         procs = 1
     procs = min(procs, os.cpu_count() or 1)
-    if procs <= 1:
+    if procs <= 1:  # this process alone, or one rank of a torchrun launch
+        from .engine import distributed as du
+
         run(cfg, resume=resume)
+        du.cleanup(synchronize=True)
         return
     build_run(cfg)  # bad data or settings fail here, with their message, not inside a worker
     mp.start_processes(_train_worker, args=(procs, _free_port(), cfg.to_dict(), resume), nprocs=procs,
@@ -178,10 +181,12 @@ def _train_worker(rank: int, world: int, port: int, cfg_dict: dict, resume: str 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    finished = False
     try:
         run(RunConfig.from_dict(cfg_dict), resume=resume)
+        finished = True
     finally:
-        du.cleanup()
+        du.cleanup(synchronize=finished)
 
 
 def _free_port() -> int:

@@ -90,7 +90,8 @@ class TrainConfig:
     lr_gamma: float = 0.1
     lr_final: float = 0.01                # "cosine" / "linear": final LR / lr
     warmup_iters: int = 0
-    amp: Literal["none", "bf16", "fp16"] = "none"
+    amp: Literal["none", "bf16", "fp16", "auto"] = "none"   # auto: bf16 where the device has bf16 units
+    channels_last: bool = False           # NHWC weights and images: faster convolutions on CPU (oneDNN)
     accumulate: int = 1
     eval_every: int = 1                   # epochs; <= 0 disables evaluation
     checkpoint_every_iters: int = 1000    # <= 0: only at epoch ends
@@ -106,8 +107,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("step", "cosine", "linear"):
             raise ConfigError(f"train.lr_schedule must be 'step', 'cosine' or 'linear', got {self.lr_schedule!r}")
-        if self.amp not in ("none", "bf16", "fp16"):
-            raise ConfigError(f"train.amp must be 'none', 'bf16' or 'fp16', got {self.amp!r}")
+        if self.amp not in ("none", "bf16", "fp16", "auto"):
+            raise ConfigError(f"train.amp must be 'none', 'bf16', 'fp16' or 'auto', got {self.amp!r}")
         if self.accumulate < 1 or self.batch_size < 1 or self.procs < 1:
             raise ConfigError("train.accumulate, train.batch_size and train.procs must be >= 1")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -106,6 +106,14 @@ class Detector(nn.Module):
         """Raw eval outputs -> detections in the batch's pixel frame (each image's valid size)."""
         raise NotImplementedError
 
+    def float32_loss(self, criterion: Callable[..., dict], *inputs: Any) -> dict:
+        """``criterion(*inputs)`` on float32 copies of the inputs' floating tensors, with autocast
+        off: under mixed precision the network runs in bfloat16 / float16 while matching and
+        losses (sums over thousands of terms, log-probabilities) stay in full precision."""
+        device_type = next(self.parameters()).device.type
+        with torch.autocast(device_type, enabled=False):
+            return criterion(*(as_float32(x) for x in inputs))
+
     @torch.no_grad()
     def detect(self, images: Tensor, sizes: Tensor, orig_sizes: Sequence[tuple[int, int]]) -> list[Detections]:
         """Eval forward + postprocess, boxes rescaled from ``sizes`` to ``orig_sizes``."""
@@ -151,6 +159,18 @@ class Detector(nn.Module):
             images, sizes, orig = self.prepare(inputs[start:start + batch_size])
             out += [d.to("cpu") for d in self.detect(images.to(device), sizes.to(device), orig)]
         return out
+
+
+def as_float32(tree: Any) -> Any:
+    """``tree`` (tensors in dicts, lists, tuples) with every half / bfloat16 tensor cast to
+    float32; other leaves as they are."""
+    if isinstance(tree, Tensor):
+        return tree.float() if tree.dtype in (torch.float16, torch.bfloat16) else tree
+    if isinstance(tree, dict):
+        return {k: as_float32(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)) and not hasattr(tree, "_fields"):
+        return type(tree)(as_float32(v) for v in tree)
+    return tree
 
 
 def pad_images(images: Sequence[Tensor], size_divisibility: int = 1) -> Tensor:

@@ -151,9 +151,9 @@ def _tiny_recipe(name: str) -> "RunConfig":
 
     data = DataConfig(train_scales=[96, 112, 128], max_size=170, crop=False, eval_min_size=TINY_INPUT.min_size,
                       eval_max_size=TINY_INPUT.max_size, num_workers=0)
-    train = TrainConfig(epochs=11, batch_size=4, procs=2, lr=1e-3, lr_drop=9, warmup_iters=50,
-                        lr_multipliers={"sampling_offsets": 0.1, "reference_points": 0.1},
-                        eval_every=2, checkpoint_every_iters=500, log_every=25)
+    train = TrainConfig(epochs=16, batch_size=4, procs=2, lr=1e-3, lr_drop=13, warmup_iters=50,
+                        lr_multipliers={"sampling_offsets": 0.1, "reference_points": 0.1}, amp="auto",
+                        channels_last=True, eval_every=2, checkpoint_every_iters=500, log_every=25)
     return RunConfig(model=name, out_dir=f"runs/{name}", data=data, train=train)
 
 

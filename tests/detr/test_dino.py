@@ -60,6 +60,25 @@ def test_train_step_image_without_objects():
     assert model.label_enc.weight.grad.abs().sum() > 0
 
 
+def test_train_step_under_bf16_autocast_has_float32_losses_near_full_precision():
+    """Mixed precision (``train.amp=bf16``): the network runs in bfloat16, matching and
+    losses in float32 (``Detector.float32_loss``). The denoising losses, which need no matching
+    (near-ties of an untrained model's matching flip under any perturbation), stay near float32's."""
+    model = codetr.create("dino_tiny", num_classes=3, **SMALL)
+    images, sizes, targets = batch((3, 2))
+    torch.manual_seed(1)
+    full = model(images, sizes, targets)
+    torch.manual_seed(1)  # the same denoising noise
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model(images, sizes, targets)
+    for name in model.criterion.weight_dict:
+        assert mixed[name].dtype == torch.float32, name
+        if "_dn" in name:
+            torch.testing.assert_close(mixed[name], full[name], rtol=0.02, atol=0.01, msg=name)
+    total(mixed).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
 def test_denoising_queries_in_train_forward():
     model = codetr.create("dino_tiny", num_classes=3, **SMALL)
     images, sizes, targets = batch((2, 0))

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from codetr.engine.checkpoint import CheckpointError, load_checkpoint
-from codetr.engine.trainer import (HookBase, Trainer, build_optimizer, build_scheduler, lr_factor,
+from codetr.engine.trainer import (HookBase, Trainer, amp_dtype, build_optimizer, build_scheduler, lr_factor,
                                    optimizer_steps_per_epoch, param_groups, seed_all, train)
 
 from .fakes import TinyDetector, ToyDataset, build_loader, classes, run_config, toy_coco
@@ -79,17 +79,20 @@ def test_lr_schedule_decays_after_warmup_to_final(schedule, midway):
     assert f[4] == pytest.approx(a_fifth)  # step 4: (4 - 2) / 10 of the decay
 
 
-@pytest.mark.parametrize("num_workers,ema_decay", [(0, 0.0), (2, 0.0), (0, 0.9)])
-def test_resume_mid_epoch_is_exact(tmp_path, num_workers, ema_decay):
+@pytest.mark.parametrize("num_workers,ema_decay,channels_last", [(0, 0.0, False), (2, 0.0, False), (0, 0.9, False),
+                                                                  (0, 0.9, True)])
+def test_resume_mid_epoch_is_exact(tmp_path, num_workers, ema_decay, channels_last):
     """12 iterations straight vs. killed at 7 (last.ckpt from step 6, mid-epoch), then resumed
     from scratch objects with other seeds: identical losses and weights (and EMA weights)."""
-    cfg = run_config(tmp_path / "a", ema_decay=ema_decay, ema_warmup=3)
+    cfg = run_config(tmp_path / "a", ema_decay=ema_decay, ema_warmup=3, channels_last=channels_last)
     cfg.data.num_workers = num_workers
     full, full_losses = make_trainer(cfg)
     full.train()
     assert sorted(full_losses.losses) == list(range(1, 13))
+    conv = full.model.backbone.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) == channels_last
 
-    cfg_b = run_config(tmp_path / "b", ema_decay=ema_decay, ema_warmup=3)
+    cfg_b = run_config(tmp_path / "b", ema_decay=ema_decay, ema_warmup=3, channels_last=channels_last)
     cfg_b.data.num_workers = num_workers
     killed, killed_losses = make_trainer(cfg_b, hooks=[KillAt(7)])
     with pytest.raises(Killed):
@@ -184,6 +187,15 @@ def test_train_stopped_by_max_iters_resumes_exactly(tmp_path, num_workers):
     assert len(full) == 12
     assert len(run(tmp_path / "b", max_iters=6)) == 6
     assert run(tmp_path / "b", resume="auto") == full
+
+
+@pytest.mark.parametrize("bf16_units", [True, False])
+def test_auto_amp_is_bf16_only_where_the_cpu_has_bf16_units(monkeypatch, bf16_units):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: bf16_units)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert amp_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if bf16_units else None)
+    assert amp_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    assert amp_dtype("fp16", torch.device("cpu")) == torch.float16 and amp_dtype("none", torch.device("cpu")) is None
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])

@@ -99,3 +99,14 @@ def test_cpu_dispatch_picks_dense_for_small_problems_and_bag_for_large(monkeypat
     assert ms_deform_attn(value, shapes, loc, attn).equal(ms_deform_attn_dense(value, shapes, loc, attn))
     monkeypatch.setattr(msda, "DENSE_MAX_ENTRIES", entries - 1)
     assert ms_deform_attn(value, shapes, loc, attn).equal(ms_deform_attn_bag(value, shapes, loc, attn))
+
+
+def test_dense_backend_with_bfloat16_values():
+    """Under autocast the values arrive in bfloat16 and the locations in float32: the corner
+    weights are scattered in float32 and only rounded for the product."""
+    value, shapes, loc, attn = inputs(torch.float32)
+    value16 = value.to(torch.bfloat16)
+    out = ms_deform_attn_dense(value16, shapes, loc, attn)
+    assert out.dtype == torch.bfloat16
+    expected = naive(value16.double(), shapes, loc.double(), attn.double())
+    torch.testing.assert_close(out.double(), expected, rtol=2e-2, atol=2e-2)

@@ -135,8 +135,9 @@ class DeFCN(Detector):
         if targets is None:
             raise ValueError("DeFCN in train mode needs targets")
         quality = flatten_levels(outputs[self.quality_key]) if self.quality_key else None
-        return self.criterion(flatten_levels(outputs["box_cls"]), flatten_levels(outputs["box_delta"]), quality,
-                              self.points(outputs), [t.non_crowd() for t in targets])
+        return self.float32_loss(self.criterion, flatten_levels(outputs["box_cls"]),
+                                 flatten_levels(outputs["box_delta"]), quality, self.points(outputs),
+                                 [t.non_crowd() for t in targets])
 
     # -- inference -------------------------------------------------------------------------
     @torch.no_grad()

@@ -180,7 +180,7 @@ class DeformableDETR(Detector):
             return out
         if targets is None:
             raise ValueError("DeformableDETR in train mode needs targets")
-        losses = self.criterion(out, detr_targets(targets, sizes))
+        losses = self.float32_loss(self.criterion, out, detr_targets(targets, sizes))
         return self.criterion.weighted(losses)
 
     @torch.no_grad()

@@ -202,7 +202,7 @@ class DINO(Detector):
         out.pop("_inter")
         if not self.training:
             return out
-        losses = self.criterion.weighted(self.criterion(out, detr))
+        losses = self.criterion.weighted(self.float32_loss(self.criterion, out, detr))
         # official logs named loss_* (loss_xy, loss_hw) are renamed: every loss* entry is summed
         return {f"log_{k}" if k.startswith("loss") and k not in self.criterion.weight_dict else k: v
                 for k, v in losses.items()}

@@ -5,6 +5,7 @@ MASTER_ADDR, MASTER_PORT) and picks nccl on CUDA, gloo on CPU.
 """
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any
 
@@ -86,7 +87,12 @@ def barrier() -> None:
         dist.barrier()
 
 
-def cleanup() -> None:
-    """Leave the process group (no-op when not distributed)."""
+def cleanup(synchronize: bool = False) -> None:
+    """Leave the process group (no-op when not distributed). ``synchronize``: first wait until
+    every rank gets here, so no rank closes its connections while another still uses them
+    (gloo can then abort the other process); only for a normal exit, where every rank calls it."""
     if is_initialized():
+        if synchronize:
+            dist.barrier()
+        gc.collect()  # a DDP wrapper caught in a reference cycle still holds the group
         dist.destroy_process_group()

@@ -127,9 +127,9 @@ def ms_deform_attn_dense(value: Tensor, spatial_shapes: Tensor | list[tuple[int,
     B, S, M, D = value.shape
     Q = sampling_locations.shape[1]
     rows, weights = _bilinear_corners(shapes, sampling_locations, attention_weights)
-    # corners that fall on the same token add up, as the bilinear sum does
-    mixing = value.new_zeros(B * M * Q, S).scatter_add(1, rows.view(B * M * Q, -1),
-                                                     weights.reshape(B * M * Q, -1).to(value.dtype))
+    # corners that fall on the same token add up, as the bilinear sum does; the scatter runs
+    # in the weights' dtype (float32): CPU scatter_add in bfloat16 is ~10x slower
+    mixing = weights.new_zeros(B * M * Q, S).scatter_add(1, rows.view(B * M * Q, -1), weights.reshape(B * M * Q, -1))
     per_head = value.transpose(1, 2).reshape(B * M, S, D)
-    out = torch.bmm(mixing.view(B * M, Q, S), per_head)                     # [B*M, Q, D]
+    out = torch.bmm(mixing.view(B * M, Q, S).to(value.dtype), per_head)     # [B*M, Q, D]
     return out.view(B, M, Q, D).transpose(1, 2).reshape(B, Q, M * D)

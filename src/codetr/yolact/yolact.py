@@ -141,7 +141,7 @@ class Yolact(Detector):
             return out
         if targets is None:
             raise ValueError("Yolact in train mode needs targets")
-        losses = self.criterion(out, loss_targets(targets, images.shape[-2:]))
+        losses = self.float32_loss(self.criterion, out, loss_targets(targets, images.shape[-2:]))
         return {k: v for k, v in losses.items() if k.startswith("loss")}
 
     # -- inference -------------------------------------------------------------------------
