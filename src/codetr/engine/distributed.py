@@ -82,6 +82,13 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Give every rank the buffers (BatchNorm running statistics) of rank ``src``, in place."""
+    if world_size() > 1:
+        for buffer in module.buffers():
+            dist.broadcast(buffer.data, src)
+
+
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()
