@@ -81,7 +81,7 @@ def deformable_detr_r50_two_stage(classes: ClassInfo, **overrides: Any) -> Defor
 TINY_INPUT = InputSpec(min_size=128, max_size=170)
 
 
-@register("deformable_detr_tiny", recipe=lambda name: _tiny_recipe(name))
+@register("deformable_detr_tiny", recipe=lambda name: _tiny_recipe(name, epochs=18, lr_drop=15))
 def deformable_detr_tiny(classes: ClassInfo, **overrides: Any) -> DeformableDETR:
     """Two-stage + box refine on a half-width ResNet-18 (stem 32, res2 32) with trainable BN,
     128-d, for ~128 px images: trains from scratch on CPU (the demo, tests)."""
@@ -111,7 +111,7 @@ def dino_r50_5scale(classes: ClassInfo, **overrides: Any) -> DINO:
     return _dino(classes, DINOConfig(return_interm_indices=[0, 1, 2, 3], num_feature_levels=5), None, overrides)
 
 
-@register("dino_tiny", recipe=lambda name: _tiny_recipe(name))
+@register("dino_tiny", recipe=lambda name: _tiny_recipe(name, epochs=15, lr_drop=12))
 def dino_tiny(classes: ClassInfo, **overrides: Any) -> DINO:
     """DINO on a half-width ResNet-18 with trainable BN, 128-d, for ~128 px images (as
     deformable_detr_tiny): trains from scratch on CPU (tests, demo). Half width steps ~1.3x
@@ -137,25 +137,26 @@ def _official_dino_recipe(name: str) -> "RunConfig":
 
 
 # -- recipes: the data and schedule each model trains with by default ----------------------------
-def _tiny_recipe(name: str) -> "RunConfig":
+def _tiny_recipe(name: str, epochs: int, lr_drop: int) -> "RunConfig":
     """Tuned on this project's 2-core CPU for ``codetr demo``: 2 single-thread DDP processes,
     so the batch is 2 x ``batch_size`` (trainable BatchNorm wants >= 4 images per process);
     ~96-128 px images with flip + scale jitter only (the crop branch costs more than it gives
     at this budget); a trainable backbone at the full LR (no pretrained weights to protect);
     LR 1e-3 (2e-3 stalled, 4e-4 learned slower). bfloat16 autocast where the CPU has bf16
     units (``amp="auto"``; ~1.4x faster steps), NHWC convolutions and DDP without per-step
-    buffer broadcasts, gradients all-reduced in bf16 (another ~1.3x) let 18 epochs with the
-    drop at 15 fit in ~10.5 (deformable_detr_tiny) to ~12 minutes (dino_tiny); without bf16
-    units the recipe takes ~1.4x longer. deformable_detr_tiny: AP50 0.504 after epoch 16, 0.566
-    at the end (16 epochs with the drop at 13: 0.528); dino_tiny, 16 epochs with the drop at
-    13: 0.731 after epoch 14, 0.756 at the end. Evaluated at the top
+    buffer broadcasts, gradients all-reduced in bf16, fit many more epochs than float32 did
+    (11); without bf16 units a recipe takes ~1.4x longer. A dino_tiny step costs ~1.3x a
+    deformable_detr_tiny one (denoising queries), and this host's speed varies by up to ~25%
+    between runs, so dino_tiny trains 15 epochs (drop at 12; 18 epochs took 15.7 minutes on a
+    slow hour: AP50 0.802) and deformable_detr_tiny 18 (drop at 15; 10.5 minutes, AP50 0.566,
+    vs 0.528 for 16 epochs with the drop at 13). Evaluated at the top
     training scale, as the official recipes do (800 of 480..800): on one dino_tiny checkpoint
     AP / AP50 0.444 / 0.619 at 128 px vs 0.410 / 0.602 at 112 and 0.401 / 0.578 at 144."""
     from .config import DataConfig, RunConfig, TrainConfig
 
     data = DataConfig(train_scales=[96, 112, 128], max_size=170, crop=False, eval_min_size=TINY_INPUT.min_size,
                       eval_max_size=TINY_INPUT.max_size, num_workers=0)
-    train = TrainConfig(epochs=18, batch_size=4, procs=2, lr=1e-3, lr_drop=15, warmup_iters=50,
+    train = TrainConfig(epochs=epochs, batch_size=4, procs=2, lr=1e-3, lr_drop=lr_drop, warmup_iters=50,
                         lr_multipliers={"sampling_offsets": 0.1, "reference_points": 0.1}, amp="auto",
                         channels_last=True, eval_every=2, checkpoint_every_iters=500, log_every=25)
     return RunConfig(model=name, out_dir=f"runs/{name}", data=data, train=train)
