@@ -6,8 +6,9 @@ last), on CPU, side by side in one run, with ratios to the float32 / NCHW row.
     python benchmarks/bench_tiny_precision.py yolact_tiny --data /tmp/synth --threads 2 --batch 8
 
 Each variant trains the same model (same init) on the same pre-loaded batches through the
-recipe's optimizer (forward, loss, backward, AdamW step), the first ``--warmup`` steps untimed;
-the median and minimum step over ``--iters`` steps are reported. Data loading and DDP are not
+recipe's optimizer (forward, loss, backward, AdamW step); the variants take turns for
+``--rounds`` rounds (the first ``--warmup`` steps of each untimed), and the median and minimum
+step over all rounds are reported. Data loading and DDP are not
 in the figure (see benchmarks/RESULTS.md for whole runs).
 """
 from __future__ import annotations
@@ -23,26 +24,33 @@ import torch
 VARIANTS = [("float32", False), ("float32", True), ("bfloat16", False), ("bfloat16", True)]
 
 
-def time_variant(name: str, cfg, dataset, batches, dtype: str, channels_last: bool, warmup: int) -> list[float]:
-    from codetr.engine.trainer import build_optimizer
-    from codetr.zoo import create
+class Variant:
+    """One model (same init for every variant) with its optimizer, precision and memory format."""
 
-    torch.manual_seed(0)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = create(name, classes=dataset.classes, **cfg.model_args).train().to(memory_format=memory_format)
-    optimizer = build_optimizer(model, cfg.train)
-    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16"
-                else contextlib.nullcontext())
-    times = []
-    for batch in batches:
-        start = time.perf_counter()
-        with autocast:
-            losses = model(batch.images.contiguous(memory_format=memory_format), batch.sizes, batch.targets)
-        sum(v for k, v in losses.items() if k.startswith("loss")).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - start)
-    return times[warmup:]
+    def __init__(self, name: str, cfg, dataset, dtype: str, channels_last: bool) -> None:
+        from codetr.engine.trainer import build_optimizer
+        from codetr.zoo import create
+
+        torch.manual_seed(0)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = create(name, classes=dataset.classes, **cfg.model_args).train().to(memory_format=self.memory_format)
+        self.optimizer = build_optimizer(self.model, cfg.train)
+        self.dtype = dtype
+
+    def step_times(self, batches) -> list[float]:
+        times = []
+        for batch in batches:
+            start = time.perf_counter()
+            autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if self.dtype == "bfloat16"
+                        else contextlib.nullcontext())
+            with autocast:
+                losses = self.model(batch.images.contiguous(memory_format=self.memory_format), batch.sizes,
+                                    batch.targets)
+            sum(v for k, v in losses.items() if k.startswith("loss")).backward()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            times.append(time.perf_counter() - start)
+        return times
 
 
 def main() -> None:
@@ -53,6 +61,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--iters", type=int, default=12)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -67,17 +76,19 @@ def main() -> None:
     batches = [next(loader) for _ in range(args.warmup + args.iters)]
     bf16_units = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     print(f"{args.model}: train step, batch {args.batch}, {args.threads} thread(s), torch {torch.__version__}, "
-          f"CPU bf16 units: {bf16_units}")
+          f"CPU bf16 units: {bf16_units}; {args.rounds} interleaved rounds of {args.iters} steps")
+    variants = {v: Variant(args.model, cfg, dataset, *v) for v in VARIANTS}
+    times: dict[tuple, list[float]] = {v: [] for v in VARIANTS}
+    for _ in range(args.rounds):  # interleaved: this host's speed drifts over minutes
+        for v, variant in variants.items():
+            times[v] += variant.step_times(batches)[args.warmup:]
     print("| precision | memory format | median ms | min ms | float32 NCHW / this |")
     print("| --- | --- | --- | --- | --- |")
-    baseline = None
-    for dtype, channels_last in VARIANTS:
-        times = time_variant(args.model, cfg, dataset, batches, dtype, channels_last, args.warmup)
-        median = statistics.median(times)
-        baseline = baseline or median
-        print(f"| {dtype} | {'NHWC' if channels_last else 'NCHW'} | {median * 1e3:.0f} | {min(times) * 1e3:.0f} "
-              f"| {baseline / median:.2f} |", flush=True)
-
+    baseline = statistics.median(times[VARIANTS[0]])
+    for (dtype, channels_last), ts in times.items():
+        median = statistics.median(ts)
+        print(f"| {dtype} | {'NHWC' if channels_last else 'NCHW'} | {median * 1e3:.0f} | {min(ts) * 1e3:.0f} "
+              f"| {baseline / median:.2f} |")
 
 if __name__ == "__main__":
     main()

@@ -370,16 +370,17 @@ def is_ddp(model: nn.Module) -> bool:
 
 def wrap_ddp(model: nn.Module, device: torch.device, find_unused_parameters: bool = False,
              bf16_gradients: bool = False) -> nn.Module:
-    """DistributedDataParallel when world_size > 1, else ``model`` itself. Buffers are not
-    broadcast before every forward (``Trainer.sync_buffers`` does it before evaluating and
-    saving); ``bf16_gradients`` all-reduces gradients in bfloat16 (half the bytes; meant for
-    bfloat16 autocast, where the gradients come from bfloat16 products anyway). On 2
-    single-thread CPU processes the two cut deformable_detr_tiny's step from ~0.28 to ~0.22 s."""
+    """DistributedDataParallel when world_size > 1, else ``model`` itself. Buffers are synced
+    once at the start, not before every forward (``Trainer.sync_buffers`` does it before
+    evaluating and saving); ``bf16_gradients`` all-reduces gradients in bfloat16 (half the
+    bytes; meant for bfloat16 autocast, where the gradients come from bfloat16 products
+    anyway). On 2 single-thread CPU processes the two save 0-6% of a tiny DETR's step
+    (benchmarks/bench_ddp_cpu.py)."""
     if du.world_size() == 1 or is_ddp(model):
         return model
     ids = [device.index if device.index is not None else du.local_rank()] if device.type == "cuda" else None
     ddp = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused_parameters,
-                                  broadcast_buffers=False)
+                                  forward_sync_buffers=False)
     if bf16_gradients:
         ddp.register_comm_hook(None, bf16_compress_hook)
     return ddp
