@@ -219,9 +219,12 @@ def yolact_tiny(classes: ClassInfo, **overrides: Any) -> Yolact:
     official pixel values (24 .. 384, 3x each level's stride) rather than shrinking with the
     image as ``yolact_im400`` does: smaller anchors learn much slower here (box AP50 after 4
     epochs: 0.12 with 12 .. 192 px anchors, 0.30 with the official ones; 0.04 vs 0.21 after
-    ~1.5k images with 5.6 .. 90 px)."""
+    ~1.5k images with 5.6 .. 90 px). Its mask loss takes soft targets (each 4x4-pixel prototype
+    cell's covered fraction, not the official bilinear sample thresholded at 0.5): at 32x32
+    prototypes most synthetic objects span 2-10 cells, and the soft targets lifted mask AP
+    0.416 -> 0.473 (AP50 0.715 -> 0.734, AP75 0.433 -> 0.502) in the same recipe."""
     base = YolactConfig(backbone_depth=18, stem_channels=32, res2_channels=32, max_size=YOLACT_TINY_SIZE,
-                        fpn_features=64)
+                        fpn_features=64, soft_mask_targets=True)
     return _yolact(classes, base, None, overrides)
 
 

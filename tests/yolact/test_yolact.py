@@ -156,3 +156,15 @@ def test_predict_files_writes_rle_masks(model, tmp_path):
 def test_detect_refuses_padded_batches(model):
     with pytest.raises(ValueError, match="unpadded"):
         model.detect(torch.zeros(1, 3, 64, 64), torch.tensor([[60, 64]]), [(60, 64)])
+
+
+def test_mask_targets_official_binary_and_soft_area_fractions():
+    from codetr.yolact.loss import YolactLoss
+
+    mask = torch.zeros(1, 8, 8)
+    mask[0, 0:3, 0:4] = 1          # 3 of the 4 rows of the top-left 4x4 cell, none of the others
+    official = YolactLoss().mask_targets(mask, (2, 2))
+    soft = YolactLoss(soft_mask_targets=True).mask_targets(mask, (2, 2))
+    # bilinear 8 -> 2 samples rows/cols 1.5 (between pixels 1 and 2, both set) and 5.5: binary
+    assert torch.equal(official, torch.tensor([[[1.0, 0], [0, 0]]]))
+    assert torch.allclose(soft, torch.tensor([[[0.75, 0], [0, 0]]]))

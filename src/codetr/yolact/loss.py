@@ -7,7 +7,8 @@ input resolution, and crowd boxes. With N the number of positive priors in the b
 * box  = bbox_alpha * sum smooth-L1(loc, encoded target) over positives / N
 * conf = conf_alpha * sum CE over positives and OHEM negatives (3 per positive) / N
 * mask = mask_alpha * sum over positives of the BCE of the box-cropped assembled mask with the
-  GT mask (both at prototype resolution), divided by the GT box area in prototype pixels / N
+  GT mask (both at prototype resolution), divided by the GT box area in prototype pixels / N;
+  the GT mask is binarised as official, or (``soft_mask_targets``) each pixel's covered fraction
 * segm = semantic_alpha * sum BCE of the 1x1 semantic logits vs the union of each class's
   GT masks at P3 resolution / (H * W) / batch size
 """
@@ -38,11 +39,13 @@ class LossTargets:
 class YolactLoss:
     def __init__(self, pos_threshold: float = 0.5, neg_threshold: float = 0.4, crowd_threshold: float = 0.7,
                  negpos_ratio: int = 3, bbox_alpha: float = 1.5, conf_alpha: float = 1.0,
-                 mask_alpha: float = 6.125, semantic_alpha: float = 1.0, masks_to_train: int = 100) -> None:
+                 mask_alpha: float = 6.125, semantic_alpha: float = 1.0, masks_to_train: int = 100,
+                 soft_mask_targets: bool = False) -> None:
         self.pos_threshold, self.neg_threshold, self.crowd_threshold = pos_threshold, neg_threshold, crowd_threshold
         self.negpos_ratio = negpos_ratio
         self.bbox_alpha, self.conf_alpha, self.mask_alpha = bbox_alpha, conf_alpha, mask_alpha
         self.semantic_alpha, self.masks_to_train = semantic_alpha, masks_to_train
+        self.soft_mask_targets = soft_mask_targets
 
     def match(self, targets: list[LossTargets], priors: Tensor) -> list[PriorMatch | None]:
         """One ``PriorMatch`` per image (None for an image without objects: all background)."""
@@ -99,8 +102,7 @@ class YolactLoss:
                 pick = torch.randperm(num_all, device=truth.device)[:self.masks_to_train]
                 truth, coef = truth[pick], coef[pick]
             with torch.no_grad():
-                gt = F.interpolate(t.masks[None].float(), (h, w), mode="bilinear", align_corners=False)[0]
-                gt = (gt > 0.5).to(proto.dtype).permute(1, 2, 0)[:, :, truth]            # [h, w, n]
+                gt = self.mask_targets(t.masks[truth], (h, w)).permute(1, 2, 0)            # [h, w, n]
             boxes = t.boxes[truth]
             pred = crop_masks(assemble_masks(proto[b], coef), boxes)                    # [h, w, n]
             with torch.autocast(pred.device.type, enabled=False):  # BCE on probabilities: float32 only
@@ -109,6 +111,13 @@ class YolactLoss:
             per_mask = bce / (wh[:, 0] * w) / (wh[:, 1] * h) * (h * w)
             total = total + per_mask.sum() * (num_all / len(truth))
         return total * self.mask_alpha / (h * w)
+
+    def mask_targets(self, masks: Tensor, hw: tuple[int, int]) -> Tensor:
+        """GT masks [n, H, W] -> [n, h, w] at prototype resolution: official, bilinear
+        resampling thresholded at 0.5; soft, each prototype pixel's covered fraction."""
+        if self.soft_mask_targets:
+            return F.adaptive_avg_pool2d(masks[None].float(), hw)[0]
+        return (F.interpolate(masks[None].float(), hw, mode="bilinear", align_corners=False)[0] > 0.5).float()
 
     def semantic_loss(self, segm: Tensor, targets: list[LossTargets]) -> Tensor:
         """segm [B, C_fg, H, W] logits vs per-class union of the GT masks downsampled to H x W."""

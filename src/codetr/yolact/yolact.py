@@ -69,6 +69,7 @@ class YolactConfig:
     mask_alpha: float = 6.125
     semantic_alpha: float = 1.0
     masks_to_train: int = 100
+    soft_mask_targets: bool = False       # official: binarised GT masks at prototype resolution
     # inference
     top_k: int = 200
     conf_threshold: float = 0.05
@@ -104,7 +105,8 @@ class Yolact(Detector):
         self.head = PredictionHead(c.fpn_features, num_priors, c.num_classes + 1, c.num_prototypes)
         self.semantic_seg_conv = nn.Conv2d(c.fpn_features, c.num_classes, 1)
         self.criterion = YolactLoss(c.pos_threshold, c.neg_threshold, c.crowd_threshold, c.negpos_ratio,
-                                    c.bbox_alpha, c.conf_alpha, c.mask_alpha, c.semantic_alpha, c.masks_to_train)
+                                    c.bbox_alpha, c.conf_alpha, c.mask_alpha, c.semantic_alpha, c.masks_to_train,
+                                    c.soft_mask_targets)
         self._init_weights()
 
     def _init_weights(self) -> None:
