@@ -254,9 +254,11 @@ def _yolact_tiny_recipe(name: str) -> "RunConfig":
     x0.1 at 52. With bfloat16 autocast (where the CPU has bf16 units) and NHWC convolutions an
     epoch of 1000 images takes ~12 s, and one process is faster than 2 single-thread DDP
     processes x 4 (0.072 vs 0.092 s per step of 8 images, and BatchNorm sees all 8). Measured
-    (box / mask AP50, benchmarks/RESULTS.md): this recipe 0.807 / 0.729 in 11.8 min (mask AP50
-    after epochs 10 / 20 / 30 / 40 / 50: 0.508 / 0.626 / 0.685 / 0.677 / 0.689: it plateaus at
-    LR 3e-3 and the drop adds 0.04). Float32 runs of 27 epochs, drop at 24: LR 3e-3 0.794 /
+    (box / mask AP50, benchmarks/RESULTS.md): this recipe with soft mask targets 0.813 / 0.734
+    and 0.807 / 0.731 (mask AP 0.473 / 0.476) in 12.6 / 12.9 min on a slow hour (mask AP50 after
+    epochs 10 / 20 / 30 / 40 / 50: 0.515 / 0.646 / 0.695 / 0.702 / 0.695: it plateaus at LR 3e-3
+    and the drop adds 0.04); with the official binary targets 0.807 / 0.729 and 0.805 / 0.715
+    (mask AP 0.425 / 0.416). Float32 runs of 27 epochs, drop at 24: LR 3e-3 0.794 /
     0.708 and 0.789 / 0.691; 2e-3 0.771 / 0.675; 1e-3 0.703 / 0.609. A linear decay of the LR
     over the run learned less than a constant LR with a late drop."""
     from .config import RunConfig, TrainConfig
