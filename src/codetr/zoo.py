@@ -338,16 +338,17 @@ def _tiny_dense_recipe(name: str) -> "RunConfig":
     epochs 2-6 for 2e-3); P3-P5 beat P3-P7. An EMA of the weights (0.998) lagged behind (AP50
     0.773 vs 0.794 after 20 epochs). With bfloat16 autocast (where the CPU has bf16 units) and
     NHWC convolutions one 2-thread process steps batch 4 in ~0.07 s, faster than 2
-    single-thread DDP processes x 2 images (~0.08 s, plus their start): 36 epochs with the drop
-    at 30 take ~12.8 minutes and reached AP50 0.881 (AP 0.698; after epochs 12 / 18 / 24 / 30:
-    0.708 / 0.772 / 0.831 / 0.847). Evaluated at 144 px, the top training scale (an earlier
+    single-thread DDP processes x 2 images (~0.08 s, plus their start). 33 epochs with the drop
+    at 27 reached AP50 0.873 (AP 0.686; after epochs 11 / 22: 0.683 / 0.807) in 11.5 min, ~13
+    at the host's slowest step seen; 36 epochs with the drop at 30 reached AP50 0.881 / 0.875
+    (AP 0.698 / 0.697) but took 14.1 min on a slow hour, too close to the 15-minute budget. Evaluated at 144 px, the top training scale (an earlier
     checkpoint: AP50 0.830 there, 0.800 at 128 px, 0.823 at 160 px)."""
     from .config import DataConfig, RunConfig, TrainConfig
 
     data = DataConfig(train_scales=[112, 128, 144], max_size=192, crop=False,
                       eval_min_size=TINY_DENSE_INPUT.min_size, eval_max_size=TINY_DENSE_INPUT.max_size, num_workers=0)
-    train = TrainConfig(epochs=36, batch_size=4, procs=1, lr=1e-3, lr_drop=30, warmup_iters=100, lr_multipliers={},
-                        clip_max_norm=1.0, amp="auto", channels_last=True, eval_every=6, checkpoint_every_iters=500,
+    train = TrainConfig(epochs=33, batch_size=4, procs=1, lr=1e-3, lr_drop=27, warmup_iters=100, lr_multipliers={},
+                        clip_max_norm=1.0, amp="auto", channels_last=True, eval_every=11, checkpoint_every_iters=500,
                         log_every=25)
     return RunConfig(model=name, out_dir=f"runs/{name}", data=data, train=train)
 
