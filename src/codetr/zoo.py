@@ -341,8 +341,9 @@ def _tiny_dense_recipe(name: str) -> "RunConfig":
     single-thread DDP processes x 2 images (~0.08 s, plus their start). 33 epochs with the drop
     at 27 reached AP50 0.873 (AP 0.686; after epochs 11 / 22: 0.683 / 0.807) in 11.5 min, ~13
     at the host's slowest step seen; 36 epochs with the drop at 30 reached AP50 0.881 / 0.875
-    (AP 0.698 / 0.697) but took 14.1 min on a slow hour, too close to the 15-minute budget. Evaluated at 144 px, the top training scale (an earlier
-    checkpoint: AP50 0.830 there, 0.800 at 128 px, 0.823 at 160 px)."""
+    (AP 0.698 / 0.697) but took 14.1 min on a slow hour, too close to the 15-minute budget.
+    Evaluated at 144 px, the top training scale (an earlier checkpoint: AP50 0.830 there, 0.800
+    at 128 px, 0.823 at 160 px)."""
     from .config import DataConfig, RunConfig, TrainConfig
 
     data = DataConfig(train_scales=[112, 128, 144], max_size=192, crop=False,

@@ -117,7 +117,7 @@ class YolactLoss:
         resampling thresholded at 0.5; soft, each prototype pixel's covered fraction."""
         if self.soft_mask_targets:
             return F.adaptive_avg_pool2d(masks[None].float(), hw)[0]
-        return (F.interpolate(masks[None].float(), hw, mode="bilinear", align_corners=False)[0] > 0.5).float()
+        return binarised_resize(masks, hw)
 
     def semantic_loss(self, segm: Tensor, targets: list[LossTargets]) -> Tensor:
         """segm [B, C_fg, H, W] logits vs per-class union of the GT masks downsampled to H x W."""
@@ -127,9 +127,12 @@ class YolactLoss:
             with torch.no_grad():
                 target = segm.new_zeros(C, H, W)
                 if len(t.labels):
-                    small = F.interpolate(t.masks[None].float(), (H, W), mode="bilinear", align_corners=False)[0]
-                    small = (small > 0.5).to(segm.dtype)
-                    for label, m in zip(t.labels.tolist(), small):
+                    for label, m in zip(t.labels.tolist(), binarised_resize(t.masks, (H, W)).to(segm.dtype)):
                         target[label] = torch.max(target[label], m)
             total = total + F.binary_cross_entropy_with_logits(segm[b], target, reduction="sum")
         return total / (H * W) * self.semantic_alpha
+
+
+def binarised_resize(masks: Tensor, hw: tuple[int, int]) -> Tensor:
+    """The official GT mask downsampling: [n, H, W] -> [n, h, w] bilinear, then > 0.5 (as float)."""
+    return (F.interpolate(masks[None].float(), hw, mode="bilinear", align_corners=False)[0] > 0.5).float()
