@@ -137,7 +137,7 @@ def test_process_count_comes_from_the_recipe_and_is_one_on_a_gpu(monkeypatch):
 
     launched = []
     monkeypatch.setattr(commands, "run", lambda cfg, resume=None: launched.append(1))
-    monkeypatch.setattr(commands, "build_run", lambda cfg: None)
+    monkeypatch.setattr(commands, "check_run", lambda cfg, resume: None)
     monkeypatch.setattr(mp, "start_processes", lambda fn, args, nprocs, start_method: launched.append(nprocs))
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
     cfg = recipe("dino_tiny")
@@ -145,7 +145,9 @@ def test_process_count_comes_from_the_recipe_and_is_one_on_a_gpu(monkeypatch):
     commands.train_in_processes(cfg)
     commands.train_in_processes(cfg, procs=3)
     commands.train_in_processes(cfg, procs=8)
-    commands.train_in_processes(apply_overrides(cfg, ["train.device=cuda"]))
+    with monkeypatch.context() as gpu:
+        gpu.setattr(torch.cuda, "is_available", lambda: True)
+        commands.train_in_processes(apply_overrides(cfg, ["train.device=cuda"]))
     monkeypatch.setattr(os, "cpu_count", lambda: 1)
     commands.train_in_processes(cfg)
     assert launched == [2, 3, 4, 1, 1]

@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("demo", help="make a synthetic dataset, train the tiny model, print COCO AP, draw predictions")
-    d.add_argument("--out", default="runs/demo", help="output folder (data, checkpoints, drawings)")
+    d.add_argument("--out", default=None, help="output folder (data, checkpoints, drawings; default runs/demo, "
+                                               "or runs/demo-N when that holds a run)")
     d.add_argument("--model", default="dino_tiny", help="zoo model to train (default: %(default)s)")
     d.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=4")
     d.add_argument("--train-images", type=int, default=1000, help="synthetic train images (default %(default)s)")
@@ -37,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a zoo model on a COCO-format dataset")
     t.add_argument("model", help="zoo model name (see `codetr models`)")
     t.add_argument("--data", required=True, help="COCO-style root: annotations/instances_{train,val}.json, train/, val/")
-    t.add_argument("--out", default=None, help="run folder (default runs/<model>)")
+    t.add_argument("--out", default=None, help="run folder (default runs/<model>, or runs/<model>-N when that "
+                                               "holds a run; with --resume the latest of them); a folder "
+                                               "that holds a run is refused unless --resume")
     t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides: train.epochs=24 train.lr=1e-4 data.train_scales=[96,128] ...")
     t.add_argument("--resume", nargs="?", const="auto", default=None,
@@ -82,10 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     from . import commands
-    from .engine.checkpoint import CheckpointError
     try:
         return getattr(commands, args.command)(args) or 0
-    except (FileNotFoundError, ValueError, CheckpointError) as e:
+    except commands.USER_ERRORS as e:
         logging.getLogger("codetr").error("%s", e)
         return 2
 

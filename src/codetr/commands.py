@@ -8,7 +8,19 @@ from argparse import Namespace
 from dataclasses import replace
 from pathlib import Path
 
+from .engine.checkpoint import CheckpointError
+from .engine.run_folder import RunFolderError
+
 log = logging.getLogger("codetr")
+
+
+class TrainingError(RuntimeError):
+    """A training process that failed; the message is its error, on one line."""
+
+
+# Errors caused by what the user gave (files, data, settings, folders): the command line reports
+# them as one line; anything else is a bug and keeps its traceback.
+USER_ERRORS = (OSError, ValueError, FloatingPointError, CheckpointError, RunFolderError, TrainingError)
 
 
 def _print_metrics(metrics: dict) -> None:
@@ -19,12 +31,25 @@ def _print_metrics(metrics: dict) -> None:
 
 def train(args: Namespace) -> int:
     from .config import apply_overrides
+    from .engine.run_folder import latest_run, next_free
     from .zoo import recipe
 
-    cfg = recipe(args.model)
-    cfg = replace(cfg, data=replace(cfg.data, path=args.data), out_dir=args.out or cfg.out_dir)
-    train_in_processes(apply_overrides(cfg, args.set), args.procs, resume=args.resume)
+    cfg = apply_overrides(recipe(args.model), args.set)
+    out = args.out or cfg.out_dir
+    if args.out is None and not du_launched():  # default folders: a new run never reuses one
+        out = latest_run(out) if args.resume else next_free(out)
+        if str(out) != cfg.out_dir:
+            log.info("%s run folder: %s", "resuming the latest" if args.resume else "a new", out)
+    cfg = replace(cfg, data=replace(cfg.data, path=args.data), out_dir=str(out))
+    train_in_processes(cfg, args.procs, resume=args.resume)
     return 0
+
+
+def du_launched() -> bool:
+    """Whether this process is one rank of a torchrun launch."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def run(cfg, resume: str | None = None):
@@ -38,8 +63,10 @@ def run(cfg, resume: str | None = None):
 
 
 def build_run(cfg):
-    """The model and the train / val datasets of a RunConfig (bad data or settings raise here)."""
+    """The model and the train / val datasets of a RunConfig (bad data or settings raise here).
+    The model's initial weights follow ``train.seed``."""
     from .data.build import train_dataset, val_dataset
+    from .engine.trainer import seed_all
     from .zoo import create
 
     train_ds = train_dataset(cfg.data)
@@ -47,9 +74,25 @@ def build_run(cfg):
     if val_ds.classes.category_ids != train_ds.classes.category_ids:
         raise ValueError(f"train and val category ids differ: {train_ds.classes.category_ids} vs "
                          f"{val_ds.classes.category_ids}")
+    seed_all(cfg.train.seed)
     model = create(cfg.model, classes=train_ds.classes, **cfg.model_args)
     model.model_name = cfg.model
     return model, train_ds, val_ds
+
+
+def check_run(cfg, resume: str | None) -> None:
+    """Everything that can be checked before training starts, so it fails in seconds with its
+    message rather than in a worker or at the first evaluation: the settings, the data (every val
+    image readable and of the size its json says) and the run folder."""
+    from .data.build import check_images
+    from .engine.run_folder import check_free, checkpoint_to_resume
+    from .engine.trainer import resolve_device
+
+    resolve_device(cfg.train.device)
+    _, _, val_ds = build_run(cfg)
+    check_images(val_ds)
+    check_free(cfg.out_dir)
+    checkpoint_to_resume(cfg.out_dir, resume, quiet=True)
 
 
 def eval(args: Namespace) -> int:  # noqa: A001 (the subcommand's name)
@@ -66,6 +109,12 @@ def eval(args: Namespace) -> int:  # noqa: A001 (the subcommand's name)
                       mean=[m / scale for m in spec.mean], std=[s / scale for s in spec.std],
                       square=spec.square)
     dataset = val_dataset(data)
+    # matched by category id; a dataset with a subset of the model's categories is fine for
+    # COCO AP (COCOeval scores the ground truth's categories and ignores other detections)
+    mismatch = model.classes.mismatch(dataset.classes, subset_ok=True)
+    if mismatch:
+        raise ValueError(f"checkpoint {str(args.checkpoint)!r} and dataset {str(dataset.ann_file)!r} have "
+                         f"different categories: {mismatch}")
     loader = build_loader(dataset, args.batch_size, shuffle=False, num_workers=0)
     metrics = evaluate(model, loader, dataset.coco, model.classes, results_path=args.results)
     _print_metrics(metrics)
@@ -117,10 +166,11 @@ def demo(args: Namespace) -> int:
     from .data.synth import write_synthetic_coco
     from .engine.evaluate import evaluate
     from .engine.predict import predict_files
+    from .engine.run_folder import next_free
     from .zoo import recipe
 
     start = time.time()
-    out = Path(args.out)
+    out = Path(args.out or next_free("runs/demo", inside="train"))
     data_dir = out / "data"
     if not (data_dir / "annotations" / "instances_val.json").is_file():
         write_synthetic_coco(data_dir, num_train=args.train_images, num_val=args.val_images, image_size=128, seed=0)
@@ -128,7 +178,7 @@ def demo(args: Namespace) -> int:
     cfg = recipe(args.model)
     cfg = replace(cfg, data=replace(cfg.data, path=str(data_dir)), out_dir=str(out / "train"))
     cfg = apply_overrides(cfg, args.set)
-    train_in_processes(cfg, args.procs)
+    train_in_processes(cfg, args.procs, resume=None)
     model = load(Path(cfg.out_dir) / "last.ckpt")
     dataset = val_dataset(cfg.data)
     metrics = evaluate(model, build_loader(dataset, 8, shuffle=False, num_workers=0), dataset.coco, model.classes)
@@ -140,12 +190,16 @@ def demo(args: Namespace) -> int:
     return 0
 
 
-def train_in_processes(cfg, procs: int | None = None, resume: str | None = "auto") -> None:
+def train_in_processes(cfg, procs: int | None = None, resume: str | None = None) -> None:
     """Train ``cfg`` in ``procs`` (default ``cfg.train.procs``) single-threaded DDP processes
-    (gloo) on this machine, or in this process when that is 1 or training runs on a GPU. On a
-    small CPU, processes with one thread each use the cores better than one process with
-    several threads (the tiny recipes: 13-25% more images per second on 2 cores)."""
+    (gloo) on this machine, or in this process when that is 1, when training runs on a GPU or
+    when this process is a rank of a torchrun launch. On a small CPU, processes with one thread
+    each use the cores better than one process with several threads (the tiny recipes: 13-25%
+    more images per second on 2 cores). Workers die with this process; an error in one becomes
+    a ``TrainingError`` carrying its one-line message."""
     import os
+    import shutil
+    import tempfile
 
     import torch.multiprocessing as mp
 
@@ -156,26 +210,36 @@ def train_in_processes(cfg, procs: int | None = None, resume: str | None = "auto
         log.info("training on %s in one process (train.procs=%d is for CPU; use torchrun for several GPUs)",
                  cfg.train.device, procs)
         procs = 1
-    procs = min(procs, os.cpu_count() or 1)
-    if procs <= 1:  # this process alone, or one rank of a torchrun launch
+    procs = 1 if du_launched() else min(procs, os.cpu_count() or 1)
+    check_run(cfg, resume)
+    if procs <= 1:
         from .engine import distributed as du
 
         run(cfg, resume=resume)
         du.cleanup(synchronize=True)
         return
-    build_run(cfg)  # bad data or settings fail here, with their message, not inside a worker
-    mp.start_processes(_train_worker, args=(procs, _free_port(), cfg.to_dict(), resume), nprocs=procs,
-                       start_method="spawn")
+    error_dir = tempfile.mkdtemp(prefix="codetr-train-")
+    logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)  # "terminating process N" after a failure
+    try:
+        mp.start_processes(_train_worker, args=(procs, _free_port(), cfg.to_dict(), resume, error_dir, os.getpid()),
+                           nprocs=procs, start_method="spawn")
+    except (mp.ProcessExitedException, mp.ProcessRaisedException) as e:
+        raise TrainingError(_worker_failure(e, Path(error_dir), procs)) from None
+    finally:
+        shutil.rmtree(error_dir, ignore_errors=True)
 
 
-def _train_worker(rank: int, world: int, port: int, cfg_dict: dict, resume: str | None) -> None:
+def _train_worker(rank: int, world: int, port: int, cfg_dict: dict, resume: str | None, error_dir: str,
+                  launcher_pid: int) -> None:
     import os
+    import sys
 
     import torch
 
     from .config import RunConfig
     from .engine import distributed as du
 
+    _die_with_launcher(launcher_pid)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
@@ -185,8 +249,55 @@ def _train_worker(rank: int, world: int, port: int, cfg_dict: dict, resume: str 
     try:
         run(RunConfig.from_dict(cfg_dict), resume=resume)
         finished = True
+    except Exception as e:  # reported by the launcher in one line; a bug keeps its traceback here
+        message = str(e) if isinstance(e, USER_ERRORS) else f"{type(e).__name__}: {e} (traceback above)"
+        if not isinstance(e, USER_ERRORS):
+            log.exception("training process %d failed", rank)
+        (Path(error_dir) / f"rank{rank}.txt").write_text(f"{time.time()}\n{message}")
+        sys.exit(2)
     finally:
         du.cleanup(synchronize=finished)
+
+
+def _die_with_launcher(launcher_pid: int) -> None:
+    """Make this worker die with the launcher, so that it cannot train on as an orphan. torch
+    asks the kernel for SIGINT at the parent's death, which a process started in the background
+    of a shell ignores; SIGKILL cannot be ignored. Elsewhere than Linux a thread polls the parent."""
+    import ctypes
+    import os
+    import signal
+    import sys
+    import threading
+
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    else:
+        def watch() -> None:
+            while os.getppid() == launcher_pid:
+                time.sleep(1)
+            os._exit(1)
+        threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != launcher_pid:  # the launcher died before the request took effect
+        os._exit(1)
+
+
+def _worker_failure(error, error_dir: Path, procs: int) -> str:
+    """One line for the first failure among the workers: the earliest error a worker recorded
+    (later ones are usually its peers losing their connection), else how the process ended."""
+    recorded = []
+    for path in error_dir.glob("rank*.txt"):
+        stamp, _, message = path.read_text().partition("\n")
+        recorded.append((float(stamp), int(path.stem[4:]), message))
+    if recorded:
+        _, rank, message = min(recorded)
+        return f"training process {rank} of {procs}: {message}"
+    rank, signal_name = error.error_index, getattr(error, "signal_name", None)
+    if signal_name:
+        hint = " (the system may have run out of memory)" if signal_name == "SIGKILL" else ""
+        return f"training process {rank} of {procs} was killed by {signal_name}{hint}"
+    last_line = str(error).strip().splitlines()[-1] if str(error).strip() else str(error)
+    return f"training process {rank} of {procs} failed: {last_line}"
 
 
 def _free_port() -> int:

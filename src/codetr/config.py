@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from torch import device as torch_device
+
 COCO_TRAIN_SCALES = [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800]
 
 
@@ -55,6 +57,24 @@ class DataConfig:
     num_workers: int = 2
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+    def __post_init__(self) -> None:
+        sizes = {"max_size": self.max_size, "crop_min_size": self.crop_min_size, "crop_max_size": self.crop_max_size,
+                 "eval_min_size": self.eval_min_size, "eval_max_size": self.eval_max_size,
+                 **{f"train_scales[{i}]": s for i, s in enumerate(self.train_scales)},
+                 **{f"crop_scales[{i}]": s for i, s in enumerate(self.crop_scales)}}
+        for name, value in sizes.items():
+            if value < 1:
+                raise ConfigError(f"data.{name} must be a size in pixels >= 1, got {value}")
+        if not self.train_scales:
+            raise ConfigError("data.train_scales is empty")
+        if self.crop_min_size > self.crop_max_size:
+            raise ConfigError(f"data.crop_min_size ({self.crop_min_size}) exceeds data.crop_max_size "
+                              f"({self.crop_max_size})")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ConfigError(f"data.mean and data.std need 3 values each, std > 0; got {self.mean}, {self.std}")
 
     def split_paths(self, split: str) -> tuple[Path, Path]:
         """(annotation file, image folder) of ``split`` ('train' or 'val')."""
@@ -109,8 +129,19 @@ class TrainConfig:
             raise ConfigError(f"train.lr_schedule must be 'step', 'cosine' or 'linear', got {self.lr_schedule!r}")
         if self.amp not in ("none", "bf16", "fp16", "auto"):
             raise ConfigError(f"train.amp must be 'none', 'bf16', 'fp16' or 'auto', got {self.amp!r}")
-        if self.accumulate < 1 or self.batch_size < 1 or self.procs < 1:
-            raise ConfigError("train.accumulate, train.batch_size and train.procs must be >= 1")
+        for name in ("epochs", "accumulate", "batch_size", "procs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_iters is not None and self.max_iters < 1:
+            raise ConfigError(f"train.max_iters must be >= 1 or null, got {self.max_iters}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if self.device != "auto":
+            try:
+                torch_device(self.device)
+            except RuntimeError:
+                raise ConfigError(f"train.device must be 'auto' or a torch device such as 'cpu', 'cuda' or "
+                                  f"'cuda:1', got {self.device!r}") from None
 
 
 @dataclass

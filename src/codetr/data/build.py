@@ -1,6 +1,8 @@
 """Datasets from a ``DataConfig``: the train split with DETR augmentation, val with eval resize."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 from ..config import DataConfig
 from .coco import CocoDetection
 from .transforms import detr_train_transforms, eval_transforms, square_eval_transforms, square_train_transforms
@@ -25,3 +27,13 @@ def val_dataset(cfg: DataConfig, with_masks: bool = False) -> CocoDetection:
     transforms = square_eval_transforms(cfg.eval_max_size, cfg.mean, cfg.std) if cfg.square else \
         eval_transforms(cfg.eval_min_size, cfg.eval_max_size, cfg.mean, cfg.std)
     return CocoDetection(ann, images, transforms, with_masks=with_masks)
+
+
+def check_images(dataset: CocoDetection, threads: int = 4) -> None:
+    """Decode every image of ``dataset`` once: each must exist, be readable and have the size
+    its json gives. Raises the first problem found (naming the file). Run before training, so a
+    bad val image fails the run at the start instead of at its first evaluation; about 1 ms per
+    128 px image, 10 ms per COCO image (threads: decoding releases the GIL)."""
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in pool.map(dataset.load_image, range(len(dataset))):
+            pass

@@ -32,11 +32,13 @@ class CheckpointError(RuntimeError):
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file next to ``path``; on success flush, fsync and rename it onto
-    ``path``. On any error the temporary file is removed and ``path`` is left untouched."""
+    ``path``. On any error the temporary file is removed and ``path`` is left untouched. The
+    file gets the permissions of any new file (0666 less the umask), not mkstemp's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -46,6 +48,12 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -70,8 +78,11 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     if "family" not in state:
         raise ValueError("save_checkpoint: state has no 'family' key; build it with model_state()")
     state = {"codetr_version": __version__, **state}
-    with atomic_open(path, "wb") as f:
-        torch.save(state, f)
+    try:
+        with atomic_open(path, "wb") as f:
+            torch.save(state, f)
+    except OSError as e:  # full disk, read-only folder
+        raise CheckpointError(f"cannot write checkpoint {str(path)!r}: {e.strerror or e}") from e
 
 
 def load_checkpoint(path: str | Path, family: str | None = None, model_name: str | None = None,
@@ -79,6 +90,10 @@ def load_checkpoint(path: str | Path, family: str | None = None, model_name: str
     """Read a codetr checkpoint. ``family``/``model_name``, when given, must match the
     checkpoint's. Raises ``FileNotFoundError`` or ``CheckpointError`` naming ``path``."""
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.ckpt"))
+        hint = f" (it holds {', '.join(inside)}: pass one of them)" if inside else ""
+        raise FileNotFoundError(f"checkpoint {str(path)!r} is a folder, not a checkpoint file{hint}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {str(path)!r}")
     try:

@@ -13,9 +13,10 @@ Hook call order, on every rank (collectives inside hooks rely on it)::
     after_train()                    (only when training finished: a crash or kill skips it)
 
 Hooks run in registration order. ``default_hooks`` registers
-``MetricsLogger`` (metrics.jsonl + tqdm), ``EvalHook`` (every ``eval_every`` epochs, keeps
-best.ckpt) and ``Checkpointer`` (last.ckpt), so an epoch-end checkpoint includes that epoch's
-evaluation.
+``MetricsLogger`` (metrics.jsonl + tqdm), ``Checkpointer`` (last.ckpt) and ``EvalHook`` (every
+``eval_every`` epochs, keeps best.ckpt), so an epoch is saved before it is evaluated: an error or
+a kill during the evaluation loses no training. Such a checkpoint records the evaluation as
+pending (``pending_eval_epoch``), and a run resumed from it evaluates first.
 
 Exact resume: the shuffle order and worker seeds of epoch ``e`` depend only on
 ``(train.seed, e)`` (``seed_loader``); a run resumed from a mid-epoch checkpoint replays the
@@ -41,14 +42,14 @@ from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import bf16_compr
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..config import RunConfig, TrainConfig
-from ..structures import Batch
+from ..config import ConfigError, RunConfig, TrainConfig
+from ..structures import Batch, ClassInfo
 from . import distributed as du
+from .checkpoint import (CheckpointError, atomic_open, load_checkpoint, model_state, rng_state, save_checkpoint,
+                         set_rng_state)
 from .ema import ModelEMA
-from .checkpoint import atomic_open, load_checkpoint, model_state, rng_state, save_checkpoint, set_rng_state
 from .evaluate import evaluate
-
-LAST, BEST = "last.ckpt", "best.ckpt"
+from .run_folder import BEST, LAST, RunFolderError, RunLock, checkpoint_to_resume, remove_temp_files, rewind_metrics
 
 
 class HookBase:
@@ -89,6 +90,7 @@ class Trainer:
         self.last_metrics: dict[str, float] = {}   # the latest evaluation's
         self.step_logs: dict[str, float] = {}
         self.at_boundary = True       # last step ended an accumulation window (optimizer stepped)
+        self.pending_eval_epoch: int | None = None   # an ended epoch saved but not yet evaluated
         self._resume_rng: list | None = None
         self.hooks: list[HookBase] = []
         self.register_hooks(default_hooks(self) if hooks is None else hooks)
@@ -126,6 +128,7 @@ class Trainer:
             if self.done:
                 break
         if self.iter == self.iters_per_epoch:
+            self.pending_eval_epoch = self.epoch if self.eval_due() else None
             self.call_hooks("after_epoch")
             self.epoch, self.iter = self.epoch + 1, 0
 
@@ -201,6 +204,12 @@ class Trainer:
     def done(self) -> bool:
         return self.global_step >= self.total_iters
 
+    def eval_due(self) -> bool:
+        """Whether the epoch that just ended is evaluated: every ``eval_every`` epochs and the last."""
+        every = self.tcfg.eval_every
+        has_data = self.val_loader is not None and self.coco_gt is not None
+        return has_data and every > 0 and ((self.epoch + 1) % every == 0 or self.epoch + 1 == self.tcfg.epochs)
+
     @property
     def eval_model(self) -> nn.Module:
         """What is evaluated and saved as the checkpoint's ``model``: the EMA when kept."""
@@ -230,7 +239,8 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "epoch": epoch, "iter": it,
                 "global_step": self.global_step, "rng": du.all_gather_object(rng_state()),
-                "run_config": self.cfg.to_dict(), "best": dict(self.best)}
+                "run_config": self.cfg.to_dict(), "best": dict(self.best),
+                "pending_eval_epoch": self.pending_eval_epoch}
 
     def load_state_dict(self, state: dict) -> None:
         unwrap(self.model).load_state_dict(state.get("live_model", state["model"]))
@@ -242,6 +252,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.iter, self.global_step = state["epoch"], state["iter"], state["global_step"]
         self.best = dict(state.get("best") or {})
+        self.pending_eval_epoch = state.get("pending_eval_epoch")
         self._resume_rng = state["rng"]  # restored once the epoch's seen batches are replayed
 
     def save(self, name: str = LAST) -> Path:
@@ -253,7 +264,13 @@ class Trainer:
 
     def resume(self, path: str | Path) -> None:
         model = unwrap(self.model)
-        self.load_state_dict(load_checkpoint(path, family=model.family, model_name=self.cfg.model))
+        state = load_checkpoint(path, family=model.family, model_name=self.cfg.model)
+        saved = ClassInfo.from_dict(state["classes"])
+        problem = saved.mismatch(model.classes, mine="checkpoint", theirs="data")
+        if problem:
+            raise CheckpointError(f"cannot resume from {str(path)!r} ({len(saved)} classes) with data of "
+                                  f"{len(model.classes)} classes: {problem}")
+        self.load_state_dict(state)
 
     def log(self, record: dict) -> None:
         """Append one JSON line to out_dir/metrics.jsonl (rank 0 only)."""
@@ -304,39 +321,44 @@ class MetricsLogger(HookBase):
 
 
 class EvalHook(HookBase):
-    """COCO evaluation every ``eval_every`` epochs and after the last epoch; logs a
-    ``{"type": "eval"}`` line and writes best.ckpt when AP improves."""
+    """COCO evaluation of the epochs that ``Trainer.eval_due``, after ``Checkpointer`` saved them
+    (it marks them ``pending_eval_epoch``); logs a ``{"type": "eval"}`` line and writes best.ckpt
+    when AP improves. A run resumed from a checkpoint whose evaluation was pending evaluates
+    before training on."""
+
+    def before_train(self) -> None:
+        if self.trainer.pending_eval_epoch is not None:
+            self.run()
 
     def after_epoch(self) -> None:
-        t = self.trainer
-        every, finished = t.tcfg.eval_every, t.epoch + 1 == t.tcfg.epochs
-        if every > 0 and ((t.epoch + 1) % every == 0 or finished):
+        if self.trainer.pending_eval_epoch is not None:
             self.run()
 
     def run(self) -> dict[str, float]:
         t = self.trainer
-        start = time.perf_counter()
+        start, epoch = time.perf_counter(), t.pending_eval_epoch
         t.sync_buffers()
         metrics = evaluate(t.eval_model, t.val_loader, t.coco_gt, unwrap(t.model).classes)
-        t.last_metrics = metrics
-        t.log({"type": "eval", "step": t.global_step, "epoch": t.epoch, "eval_s": time.perf_counter() - start,
+        t.last_metrics, t.pending_eval_epoch = metrics, None
+        t.log({"type": "eval", "step": t.global_step, "epoch": epoch, "eval_s": time.perf_counter() - start,
                "timestamp": time.time(), **metrics})
         if metrics["AP"] > t.best.get("AP", -math.inf):
-            t.best = {"AP": metrics["AP"], "epoch": t.epoch, "step": t.global_step}
+            t.best = {"AP": metrics["AP"], "epoch": epoch, "step": t.global_step}
             t.save(BEST)
         return metrics
 
 
 class Checkpointer(HookBase):
     """last.ckpt every ``checkpoint_every_iters`` batches (at optimizer-step boundaries), at
-    each epoch end and when training stops; a kill loses at most the work since the last one."""
+    each epoch end (before its evaluation) and when training stops; a kill loses at most the
+    work since the last one."""
 
     def before_train(self) -> None:
-        self.saved_at = self.trainer.global_step
+        self.saved_at = (self.trainer.global_step, self.trainer.pending_eval_epoch)
 
     def after_step(self) -> None:
         t, every = self.trainer, self.trainer.tcfg.checkpoint_every_iters
-        if every > 0 and t.at_boundary and t.global_step - self.saved_at >= every \
+        if every > 0 and t.at_boundary and t.global_step - self.saved_at[0] >= every \
                 and t.iter < t.iters_per_epoch:  # the epoch end saves anyway
             self.save()
 
@@ -344,19 +366,21 @@ class Checkpointer(HookBase):
         self.save()
 
     def after_train(self) -> None:
-        if self.trainer.global_step != self.saved_at:
+        t = self.trainer
+        if (t.global_step, t.pending_eval_epoch) != self.saved_at:  # new steps, or an evaluation since
             self.save()
 
     def save(self) -> None:
-        self.trainer.save(LAST)
-        self.saved_at = self.trainer.global_step
+        t = self.trainer
+        t.save(LAST)
+        self.saved_at = (t.global_step, t.pending_eval_epoch)
 
 
 def default_hooks(trainer: Trainer) -> list[HookBase]:
-    hooks: list[HookBase] = [MetricsLogger()]
+    hooks: list[HookBase] = [MetricsLogger(), Checkpointer()]
     if trainer.val_loader is not None and trainer.coco_gt is not None:
         hooks.append(EvalHook())
-    return hooks + [Checkpointer()]
+    return hooks
 
 
 # ---- building blocks ------------------------------------------------------------------------
@@ -489,36 +513,70 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def resolve_device(name: str) -> torch.device:
-    return du.default_device() if name == "auto" else torch.device(name)
+    """``train.device`` as a torch.device ("auto": this rank's GPU, else the CPU); a device this
+    machine does not have raises ``ConfigError``."""
+    if name == "auto":
+        return du.default_device()
+    device = torch.device(name)  # the name itself is checked by TrainConfig
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r}, but torch sees no CUDA GPU on this machine "
+                          "(use train.device=cpu or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"train.device={name!r}, but this machine has {torch.cuda.device_count()} GPU(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"train.device={name!r}, but MPS is not available on this machine")
+    return device
 
 
 # ---- convenience ----------------------------------------------------------------------------
 def train(run_config: RunConfig, model: nn.Module, train_dataset: Any, val_dataset: Any = None,
           resume: str | Path | None = None) -> Trainer:
-    """Build loaders (``codetr.data.loader.build_loader``), AdamW and the LR schedule, then train.
-    ``resume``: a checkpoint path, or "auto" for out_dir/last.ckpt when it exists."""
+    """Build loaders (``codetr.data.loader.build_loader``), AdamW and the LR schedule, then train
+    into ``run_config.out_dir``, which this run locks (``RunLock``) until it ends.
+
+    ``resume``: None starts a new run and refuses a folder that holds one; ``"auto"`` continues
+    from out_dir/last.ckpt (from scratch, with a warning, when there is none); a path continues
+    from that checkpoint. A resumed run's metrics.jsonl is cut back to the checkpoint's step."""
     from codetr.data.loader import build_loader
 
     cfg, tc = run_config, run_config.train
     du.init_distributed()
     device = resolve_device(tc.device)
-    seed_all(tc.seed + du.rank())
-    model.to(device)
-    distributed = du.world_size() > 1
-    loader_args = dict(num_workers=cfg.data.num_workers, seed=tc.seed, distributed=distributed)
-    train_loader = build_loader(train_dataset, tc.batch_size, shuffle=True, drop_last=True, **loader_args)
-    val_loader = (build_loader(val_dataset, tc.batch_size, shuffle=False, **loader_args)
-                  if val_dataset is not None else None)
-    optimizer = build_optimizer(model, tc)
-    scheduler = build_scheduler(optimizer, tc, optimizer_steps_per_epoch(len(train_loader), tc.accumulate))
-    trainer = Trainer(model, optimizer, scheduler, train_loader, cfg, val_loader=val_loader,
-                      coco_gt=getattr(val_dataset, "coco", None), device=device)
-    if resume == "auto":
-        resume = trainer.out_dir / LAST if (trainer.out_dir / LAST).is_file() else None
-    if resume:
-        trainer.resume(resume)
-    if du.is_main():
-        with atomic_open(trainer.out_dir / "config.json", "w") as f:
-            json.dump(cfg.to_dict(), f, indent=2)
-    trainer.train()
+    with contextlib.ExitStack() as owned:
+        checkpoint = _own_run_folder(owned, Path(cfg.out_dir), resume)
+        seed_all(tc.seed + du.rank())
+        model.to(device)
+        distributed = du.world_size() > 1
+        loader_args = dict(num_workers=cfg.data.num_workers, seed=tc.seed, distributed=distributed)
+        train_loader = build_loader(train_dataset, tc.batch_size, shuffle=True, drop_last=True, **loader_args)
+        val_loader = (build_loader(val_dataset, tc.batch_size, shuffle=False, **loader_args)
+                      if val_dataset is not None else None)
+        optimizer = build_optimizer(model, tc)
+        scheduler = build_scheduler(optimizer, tc, optimizer_steps_per_epoch(len(train_loader), tc.accumulate))
+        trainer = Trainer(model, optimizer, scheduler, train_loader, cfg, val_loader=val_loader,
+                          coco_gt=getattr(val_dataset, "coco", None), device=device)
+        if checkpoint is not None:
+            trainer.resume(checkpoint)
+        if du.is_main():
+            rewind_metrics(trainer.out_dir, trainer.global_step, trainer.pending_eval_epoch is not None)
+            with atomic_open(trainer.out_dir / "config.json", "w") as f:
+                json.dump(cfg.to_dict(), f, indent=2)
+        trainer.train()
     return trainer
+
+
+def _own_run_folder(owned: contextlib.ExitStack, out_dir: Path, resume: str | Path | None) -> Path | None:
+    """Rank 0 locks ``out_dir`` (until ``owned`` closes), clears temporaries of an interrupted save
+    and decides what to resume from; every rank gets that checkpoint path, or the error."""
+    error, checkpoint = None, None
+    if du.is_main():
+        try:
+            owned.enter_context(RunLock(out_dir))
+            remove_temp_files(out_dir)
+            checkpoint = checkpoint_to_resume(out_dir, resume)
+        except (RunFolderError, FileNotFoundError) as e:
+            error = str(e)
+    error, checkpoint = du.broadcast_object((error, checkpoint))
+    if error is not None:
+        raise RunFolderError(error)
+    return checkpoint
