@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 
+import torch
+
+from .config import from_dict
+from .config_checks import require_at_least
 from .detector import Detector, InputSpec
 from .detr.deformable_detr import DeformableDETR, DeformableDETRConfig
 from .detr.dino import DINO, DINOConfig
@@ -12,6 +17,8 @@ from .structures import ClassInfo
 from .yolact.yolact import Yolact, YolactConfig
 from .zoo import create, list_models
 
+T = TypeVar("T")
+
 # family name -> (model class, config dataclass): how a checkpoint is rebuilt
 FAMILIES: dict[str, tuple[type[Detector], type]] = {
     "deformable_detr": (DeformableDETR, DeformableDETRConfig),
@@ -19,25 +26,71 @@ FAMILIES: dict[str, tuple[type[Detector], type]] = {
     "yolact": (Yolact, YolactConfig),
     "defcn": (DeFCN, DeFCNConfig),
 }
+MODEL_KEYS = ("family", "model_config", "classes", "input_spec", "model")  # written by model_state
 
 
 def build_from_state(state: dict, source: str = "checkpoint") -> Detector:
-    """Rebuild a model from the ``model_state`` part of a checkpoint and load its weights."""
+    """Rebuild a model from the ``model_state`` part of a checkpoint and load its weights.
+    A missing or hand-edited part raises a one-line ``CheckpointError`` naming ``source`` and the key."""
+    missing = [key for key in MODEL_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(f"{source}: missing key(s) {missing}; a model checkpoint needs {list(MODEL_KEYS)}")
     family = state["family"]
-    if family not in FAMILIES:
+    if not isinstance(family, str) or family not in FAMILIES:
         raise CheckpointError(f"{source}: unknown model family {family!r}; known: {sorted(FAMILIES)}")
     model_cls, config_cls = FAMILIES[family]
-    try:
-        config = config_cls(**state["model_config"])
-    except TypeError as e:
-        raise CheckpointError(f"{source}: model_config does not fit {config_cls.__name__}: {e}") from e
-    model = model_cls(config, ClassInfo.from_dict(state["classes"]), InputSpec.from_dict(state["input_spec"]))
-    missing, unexpected = model.load_state_dict(state["model"], strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{source}: weights do not fit the {family} model: missing {missing[:10]}, "
-                              f"unexpected {unexpected[:10]}")
+    config = _parse(source, "model_config", lambda: from_dict(config_cls, state["model_config"]))
+    classes = _parse(source, "classes", lambda: ClassInfo.from_dict(state["classes"]))
+    spec = _parse(source, "input_spec", lambda: _input_spec(state["input_spec"]))
+    if len(classes) != config.num_classes:
+        raise CheckpointError(f"{source}: 'classes' has {len(classes)} categories but model_config.num_classes "
+                              f"is {config.num_classes}")
+    model = _parse(source, "model_config", lambda: model_cls(config, classes, spec))
+    _load_weights(model, state["model"], source)
     model.model_name = state.get("model_name", family)
     return model
+
+
+def _parse(source: str, key: str, build: Callable[[], T]) -> T:
+    """``build()``, its ValueError / TypeError turned into a CheckpointError naming ``source`` and ``key``."""
+    try:
+        return build()
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{source}: bad {key!r}: {e}") from e
+
+
+def _input_spec(d: dict) -> InputSpec:
+    """``InputSpec`` from a checkpoint dict: types checked, unknown keys refused, values sane."""
+    spec = from_dict(InputSpec, d)
+    if len(spec.mean) != 3 or len(spec.std) != 3:
+        raise ValueError(f"mean and std need 3 values (one per channel), got {list(spec.mean)} and {list(spec.std)}")
+    if spec.channel_order not in ("RGB", "BGR"):
+        raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {spec.channel_order!r}")
+    require_at_least(spec, {"min_size": 1, "max_size": 1, "size_divisibility": 1})
+    return spec
+
+
+def _load_weights(model: Detector, weights: Any, source: str) -> None:
+    """Strict load; mismatched shapes, missing and unexpected keys are reported (first few) in one line."""
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"{source}: 'model' must be a state dict of tensors, got {type(weights).__name__}")
+    expected = model.state_dict()
+    wrong = [k for k, v in weights.items() if k in expected
+             and (not isinstance(v, torch.Tensor) or v.shape != expected[k].shape)]
+    if wrong:
+        shown = "; ".join(f"{k}: {_shape(weights[k])} in the checkpoint, {list(expected[k].shape)} in the model"
+                          for k in wrong[:3])
+        more = f" (and {len(wrong) - 3} more)" if len(wrong) > 3 else ""
+        raise CheckpointError(f"{source}: {len(wrong)} weight(s) do not fit the {model.family} model built from its "
+                              f"model_config: {shown}{more}")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{source}: weights do not fit the {model.family} model: missing {missing[:10]}, "
+                              f"unexpected {unexpected[:10]}")
+
+
+def _shape(value: Any) -> str:
+    return str(list(value.shape)) if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"
 
 
 def load(path: str | Path, map_location: str = "cpu") -> Detector:

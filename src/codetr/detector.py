@@ -10,7 +10,8 @@ label -> category mapping (``ClassInfo``) are data the model carries and saves.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -19,6 +20,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from .images import ImageLike, load_rgb, resized_hw
 from .structures import ClassInfo, Detections
 
 
@@ -44,46 +46,6 @@ class InputSpec:
         d = dict(d)
         d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
         return cls(**d)
-
-
-ImageLike = str | Path | Image.Image | np.ndarray | Tensor
-
-
-def resized_hw(h: int, w: int, min_size: int, max_size: int) -> tuple[int, int]:
-    """DETR's resize rule: shorter side to ``min_size`` unless the longer side would exceed
-    ``max_size``, in which case the longer side becomes ``max_size`` (rounded as official)."""
-    short, long = min(h, w), max(h, w)
-    size = min_size
-    if long / short * size > max_size:
-        size = int(round(max_size * short / long))
-    if (w <= h and w == size) or (h <= w and h == size):
-        return h, w
-    if w < h:
-        return int(size * h / w), size
-    return size, int(size * w / h)
-
-
-def load_rgb(image: ImageLike) -> Tensor:
-    """Any supported image -> uint8 [3, H, W] RGB."""
-    if isinstance(image, (str, Path)):
-        try:
-            with Image.open(image) as im:
-                image = im.convert("RGB")
-        except (OSError, ValueError) as e:
-            raise ValueError(f"cannot read image {str(image)!r}: {e}") from e
-    if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
-    if isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"expected an HxWx3 RGB array, got shape {image.shape}")
-        return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)
-    if isinstance(image, Tensor):
-        if image.ndim != 3 or image.shape[0] != 3:
-            raise ValueError(f"expected a [3, H, W] tensor, got shape {tuple(image.shape)}")
-        if image.dtype != torch.uint8:
-            image = (image.clamp(0, 1) * 255).round().to(torch.uint8)
-        return image
-    raise TypeError(f"unsupported image type {type(image).__name__}")
 
 
 class Detector(nn.Module):
@@ -148,11 +110,26 @@ class Detector(nn.Module):
         return pad_images(tensors, spec.size_divisibility), torch.tensor(sizes), orig
 
     @torch.no_grad()
-    def predict(self, inputs: ImageLike | Sequence[ImageLike], batch_size: int = 4) -> list[Detections]:
-        """Images (paths, PIL, HxWx3 uint8 arrays or [3, H, W] tensors) -> Detections in
-        original pixels, one per image."""
+    def predict(self, inputs: ImageLike | Iterable[ImageLike], batch_size: int = 4) -> list[Detections]:
+        """Images -> Detections in original pixels (the upright frame for files), one per image.
+
+        ``inputs`` is one image or an iterable of them (a list, tuple or generator), each:
+
+        * a path: read by ``codetr.images.load_image`` (EXIF orientation applied, 16-bit scaled,
+          alpha over white; unreadable files raise FileNotFoundError / ValueError naming them);
+        * a PIL image, in any mode, taken in its own frame (no EXIF rotation);
+        * a numpy array HxW (gray), HxWx3 (RGB) or HxWx4 (RGBA), or a tensor [3, H, W], [1, H, W]
+          or [H, W], of dtype uint8 (0..255), uint16 (0..65535, scaled by 1/257) or float in
+          [0, 1]. Other dtypes, floats outside [0, 1], NaN / inf and empty images raise a
+          ValueError naming the dtype and the observed range or the shape.
+        """
         if isinstance(inputs, (str, Path, Image.Image, np.ndarray, Tensor)):
             inputs = [inputs]
+        elif inputs is None or not isinstance(inputs, Iterable):
+            raise TypeError(f"predict expects an image or an iterable of images, got {type(inputs).__name__}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"predict: batch_size must be a positive integer, got {batch_size!r}")
+        inputs = list(inputs)
         device = next(self.parameters()).device
         out: list[Detections] = []
         for start in range(0, len(inputs), batch_size):

@@ -126,4 +126,62 @@ class ClassInfo:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ClassInfo":
-        return cls(list(d["category_ids"]), list(d["names"]))
+        """Inverse of ``to_dict``; raises a one-line ValueError on anything else (a hand-edited
+        checkpoint): not a dict, a missing key, lengths that differ, non-int or repeated ids."""
+        if not isinstance(d, dict) or not {"category_ids", "names"} <= set(d):
+            raise ValueError(f"classes must be a dict with 'category_ids' and 'names', got {_short(d)}")
+        ids, names = d["category_ids"], d["names"]
+        if not isinstance(ids, (list, tuple)) or not isinstance(names, (list, tuple)):
+            raise ValueError(f"classes.category_ids and classes.names must be lists, got {_short(ids)} and "
+                             f"{_short(names)}")
+        if len(ids) != len(names):
+            raise ValueError(f"classes: {len(ids)} category_ids but {len(names)} names")
+        bad_ids = [i for i in ids if isinstance(i, bool) or not isinstance(i, int)]
+        if bad_ids:
+            raise ValueError(f"classes.category_ids must be ints, got {_short(bad_ids)}")
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"classes.category_ids repeat {sorted({i for i in ids if ids.count(i) > 1})}")
+        bad_names = [n for n in names if not isinstance(n, str)]
+        if bad_names:
+            raise ValueError(f"classes.names must be strings, got {_short(bad_names)}")
+        return cls(list(ids), list(names))
+
+    def mismatch(self, other: "ClassInfo", mine: str = "checkpoint", theirs: str = "dataset",
+                 subset_ok: bool = False) -> str | None:
+        """None when ``other`` fits ``self``, else one line naming the differing ids and names.
+
+        Categories are matched by id; a shared id must have the same name. With ``subset_ok``
+        ``other`` may lack some of ``self``'s ids (COCO evaluation of a model on a dataset with
+        fewer categories: detections of the missing ids are ignored). Without it the two must
+        give the same label -> id mapping: the same ids in the same order (what training and
+        resuming need). ``mine`` / ``theirs`` name the two sides in the message."""
+        own, their = dict(zip(self.category_ids, self.names)), dict(zip(other.category_ids, other.names))
+        parts = []
+        only_mine = [i for i in own if i not in their]
+        only_theirs = [i for i in their if i not in own]
+        renamed = [i for i in their if i in own and own[i] != their[i]]
+        if only_mine and not subset_ok:
+            parts.append(f"ids only in the {mine}: {_listing(only_mine, own)}")
+        if only_theirs:
+            parts.append(f"ids only in the {theirs}: {_listing(only_theirs, their)}")
+        if renamed:
+            shown = ", ".join(f"{i} {own[i]!r} vs {their[i]!r}" for i in renamed[:_SHOWN])
+            more = f", ... ({len(renamed)} in all)" if len(renamed) > _SHOWN else ""
+            parts.append(f"same id, different name ({mine} vs {theirs}): {shown}{more}")
+        if not parts and not subset_ok and list(self.category_ids) != list(other.category_ids):
+            parts.append(f"same categories in another label order: {mine} {self.category_ids[:_SHOWN]} vs "
+                         f"{theirs} {other.category_ids[:_SHOWN]}")
+        return "; ".join(parts) or None
+
+
+_SHOWN = 8  # ids listed in a mismatch message
+
+
+def _listing(ids: list[int], names: dict[int, str]) -> str:
+    shown = ", ".join(f"{i} {names[i]!r}" for i in ids[:_SHOWN])
+    return shown + (f", ... ({len(ids)} in all)" if len(ids) > _SHOWN else "")
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."

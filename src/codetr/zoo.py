@@ -39,6 +39,9 @@ def create(name: str, num_classes: int | None = None, classes: ClassInfo | None 
     replace fields of the model's config dataclass (e.g. ``num_queries=100``)."""
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                    or num_classes < 1):
+        raise ValueError(f"create({name!r}): num_classes must be an int >= 1, got {num_classes!r}")
     if classes is None:
         classes = ClassInfo.anonymous(num_classes if num_classes is not None else 80)
     elif num_classes is not None and num_classes != len(classes):

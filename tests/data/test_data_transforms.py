@@ -7,7 +7,7 @@ from torchvision.transforms import v2
 
 from codetr.data import (DetectionTransform, RandomShorterResize, RandomSizeCrop, detr_train_transforms,
                          eval_transforms)
-from codetr.detector import resized_hw
+from codetr.images import resized_hw
 from codetr.structures import Target
 
 TINY = dict(scales=range(96, 161, 16), max_size=213, crop_resize_scales=(100, 125, 150), crop_min=96,

@@ -7,7 +7,10 @@ ground truth used by evaluation; ``detections_to_coco`` writes predictions back 
 result format.
 
 Choices (DETR's ``ConvertCocoPolysToMask`` does the same unless stated):
-* boxes are clamped to the image; those with w or h <= 0 after clamping are *skipped*:
+* image and annotation ids must be unique integers (pycocotools indexes by id: a repeated
+  annotation id silently drops annotations, a string id fails deep inside evaluation).
+* a box with a NaN or infinite coordinate is refused (corrupt data, not a degenerate box).
+* boxes are clamped to the image; those with (finite) w or h <= 0 after clamping are *skipped*:
   dropped from training targets, counted in ``num_skipped_degenerate`` and logged once.
   ``self.coco`` keeps them, so evaluation sees the json as written.
 * missing ``iscrowd`` means 0 and missing ``area`` means the box area (pycocotools' evaluation
@@ -33,6 +36,7 @@ from pycocotools.coco import COCO
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..images import ImageReadError, load_image
 from ..structures import ClassInfo, Detections, Target
 
 logger = logging.getLogger(__name__)
@@ -61,7 +65,7 @@ class _ImageRecord:
 class CocoDetection(Dataset):
     """COCO detection (and instance masks with ``with_masks``) as ``(image, Target)``.
 
-    Without ``transforms`` the image is the RGB ``PIL.Image`` as on disk; with them, whatever
+    Without ``transforms`` the image is the upright RGB ``PIL.Image`` (``codetr.images``); with them, whatever
     the transform returns (``codetr.data.transforms``: a normalized float tensor)."""
 
     def __init__(self, ann_file: str | Path, image_dir: str | Path, transforms: Transform | None = None,
@@ -92,46 +96,67 @@ class CocoDetection(Dataset):
             self.coco.createIndex()
 
     def _index(self, data: dict) -> tuple[dict[int, _ImageRecord], int]:
-        images: dict[int, dict] = {}
-        for img in data["images"]:
-            if img["id"] in images:
-                raise ValueError(f"{self.ann_file}: duplicate image id {img['id']!r}")
-            images[img["id"]] = img
+        """Validated records by image id, and how many degenerate boxes were skipped."""
+        images = self._images_by_id(data["images"])
         per_image: dict[int, list[dict]] = {i: [] for i in images}
-        skipped = 0
         for ann in data["annotations"]:
-            where = f"{self.ann_file}: annotation id {ann['id']!r}"
-            if isinstance(ann["category_id"], (list, dict)) or ann["category_id"] not in self.label_of:
-                raise ValueError(f"{where} has category_id {ann['category_id']!r}, which is not in 'categories' "
-                                 f"(known ids: {self.classes.category_ids})")
-            if isinstance(ann["image_id"], (list, dict)) or ann["image_id"] not in images:
-                raise ValueError(f"{where} has image_id {ann['image_id']!r}, which is not in 'images'")
-            bbox = ann["bbox"]
-            if (not isinstance(bbox, (list, tuple)) or len(bbox) != 4
-                    or not all(isinstance(v, (int, float)) for v in bbox)):
-                raise ValueError(f"{where} has bbox {bbox!r}; expected 4 numbers [x, y, w, h]")
+            self._check_annotation(ann, images)
             ann.setdefault("iscrowd", 0)
-            ann.setdefault("area", float(bbox[2]) * float(bbox[3]))
+            ann.setdefault("area", float(ann["bbox"][2]) * float(ann["bbox"][3]))
             per_image[ann["image_id"]].append(ann)
-
-        records = {}
-        for image_id, anns in per_image.items():
-            info = images[image_id]
-            xywh = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
-            boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-            boxes[:, 0::2] = boxes[:, 0::2].clip(0, info["width"])
-            boxes[:, 1::2] = boxes[:, 1::2].clip(0, info["height"])
-            keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # False for NaN too
-            skipped += int((~keep).sum())
-            kept = [a for a, k in zip(anns, keep) if k]
-            records[image_id] = _ImageRecord(
-                info=info,
-                boxes=boxes[keep].astype(np.float32),
-                labels=np.array([self.label_of[a["category_id"]] for a in kept], dtype=np.int64),
-                iscrowd=np.array([bool(a["iscrowd"]) for a in kept], dtype=bool),
-                anns=kept,
-            )
+        dup = _repeated([ann["id"] for ann in data["annotations"]])
+        if dup:  # pycocotools would keep one annotation per id: a wrong AP
+            raise ValueError(f"{self.ann_file}: duplicate annotation ids {dup[:10]}"
+                             + (f" ... ({len(dup)} in all)" if len(dup) > 10 else ""))
+        records = {image_id: self._record(images[image_id], anns) for image_id, anns in per_image.items()}
+        skipped = sum(len(per_image[i]) - len(rec.anns) for i, rec in records.items())
         return records, skipped
+
+    def _images_by_id(self, images: list[dict]) -> dict[int, dict]:
+        """Refuses non-integer and repeated image ids (pycocotools needs unique int ids)."""
+        by_id: dict[int, dict] = {}
+        for img in images:
+            if not _is_int(img["id"]):
+                raise ValueError(f"{self.ann_file}: image id {img['id']!r} (file_name {img['file_name']!r}) "
+                                 "is not an integer")
+            if img["id"] in by_id:
+                raise ValueError(f"{self.ann_file}: duplicate image id {img['id']!r}")
+            by_id[img["id"]] = img
+        return by_id
+
+    def _check_annotation(self, ann: dict, images: dict[int, dict]) -> None:
+        """One line naming the file, the annotation id and the bad value: a non-integer id, an
+        unknown category or image, a bbox that is not 4 finite numbers."""
+        where = f"{self.ann_file}: annotation id {ann['id']!r}"
+        if not _is_int(ann["id"]):
+            raise ValueError(f"{where} (image_id {ann['image_id']!r}) is not an integer")
+        if isinstance(ann["category_id"], (list, dict)) or ann["category_id"] not in self.label_of:
+            raise ValueError(f"{where} has category_id {ann['category_id']!r}, which is not in 'categories' "
+                             f"(known ids: {self.classes.category_ids})")
+        if isinstance(ann["image_id"], (list, dict)) or ann["image_id"] not in images:
+            raise ValueError(f"{where} has image_id {ann['image_id']!r}, which is not in 'images'")
+        bbox = ann["bbox"]
+        if (not isinstance(bbox, (list, tuple)) or len(bbox) != 4
+                or not all(isinstance(v, (int, float)) for v in bbox)):
+            raise ValueError(f"{where} has bbox {bbox!r}; expected 4 numbers [x, y, w, h]")
+        if not np.isfinite(np.asarray(bbox, dtype=np.float64)).all():
+            raise ValueError(f"{where} has bbox {bbox!r} with a NaN or infinite coordinate (corrupt data)")
+
+    def _record(self, info: dict, anns: list[dict]) -> _ImageRecord:
+        """Boxes xywh -> xyxy clamped to the image; those with w or h <= 0 after clamping are skipped."""
+        xywh = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
+        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, info["width"])
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, info["height"])
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        kept = [a for a, k in zip(anns, keep) if k]
+        return _ImageRecord(
+            info=info,
+            boxes=boxes[keep].astype(np.float32),
+            labels=np.array([self.label_of[a["category_id"]] for a in kept], dtype=np.int64),
+            iscrowd=np.array([bool(a["iscrowd"]) for a in kept], dtype=bool),
+            anns=kept,
+        )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -159,20 +184,39 @@ class CocoDetection(Dataset):
             image, target = self.transforms(image, target)
         return image, target
 
+    def load_image(self, index: int) -> Image.Image:
+        """The ``index``-th image, checked (exists, decodes, size as in the json), untransformed."""
+        return self._load_image(self._records[self.ids[index]].info)
+
     def _load_image(self, info: dict) -> Image.Image:
+        """The image as a viewer shows it (``codetr.images.load_image``: EXIF orientation
+        applied, 16-bit scaled, alpha over white), its upright size checked against the json."""
         path = self.image_dir / str(info["file_name"])
-        if not path.is_file():
-            raise FileNotFoundError(f"image file {str(path)!r} not found (image id {info['id']!r} in {self.ann_file})")
+        where = f"image id {info['id']!r} in {self.ann_file}"
         try:
-            with Image.open(path) as im:
-                size = im.size
-                rgb = im.convert("RGB")
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            raise ValueError(f"cannot read image {str(path)!r} (corrupt or unsupported): {e}") from e
-        if size != (info["width"], info["height"]):
-            raise ValueError(f"image {str(path)!r} is {size[0]}x{size[1]} (w x h) on disk but "
-                             f"{info['width']}x{info['height']} in {self.ann_file} (image id {info['id']!r})")
-        return rgb
+            image = load_image(path)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"image file {str(path)!r} not found ({where})") from e
+        except ImageReadError as e:
+            raise ValueError(f"{e} ({where})") from e
+        (w, h), (jw, jh) = image.size, (info["width"], info["height"])
+        if (w, h) != (jw, jh):
+            hint = "; w and h swapped: json sizes must be those after EXIF orientation" if (h, w) == (jw, jh) else ""
+            raise ValueError(f"image {str(path)!r} is {w}x{h} (w x h, upright) but {jw}x{jh} in {self.ann_file} "
+                             f"(image id {info['id']!r}){hint}")
+        return image
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _repeated(values: list[int]) -> list[int]:
+    """The values that occur more than once, sorted."""
+    counts: dict[int, int] = {}
+    for v in values:
+        counts[v] = counts.get(v, 0) + 1
+    return sorted(v for v, n in counts.items() if n > 1)
 
 
 def _read_json(path: Path) -> dict:

@@ -11,8 +11,9 @@ normalized with (mean, std) on [0, 1] values, and the ``Target`` with boxes / la
 iscrowd / masks updated and ``size = (H', W')`` (``image_id`` and ``orig_size`` unchanged).
 Objects whose box becomes empty (w or h <= 0, e.g. cropped away) are dropped.
 
-Every resize follows ``codetr.detector.resized_hw`` (DETR's rule), so eval inputs here equal
-those of ``Detector.prepare`` up to the resampling filter.
+Every resize follows ``codetr.images.resized_hw`` (DETR's rule), so eval inputs here equal
+those of ``Detector.prepare`` up to the resampling filter; every side stays >= 1 px, also for
+extreme aspect ratios (a 340:1 image).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from ..detector import resized_hw
+from ..images import resized_hw, to_rgb8
 from ..structures import Target
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -60,8 +61,8 @@ class RandomShorterResize(v2.Transform):
 
     def __init__(self, sizes: Sequence[int], max_size: int | None = None) -> None:
         super().__init__()
-        if not sizes:
-            raise ValueError("RandomShorterResize: sizes is empty")
+        if not sizes or min(sizes) < 1:
+            raise ValueError(f"RandomShorterResize: sizes must be positive, got {list(sizes)}")
         self.sizes = [int(s) for s in sizes]
         self.max_size = max_size
 
@@ -82,7 +83,8 @@ class RandomShorterResize(v2.Transform):
 
 class RandomSizeCrop(v2.Transform):
     """Crop a random window: width uniform in [min_size, min(w, max_size)], height likewise,
-    position uniform. Images smaller than ``min_size`` are cropped to at most their size.
+    position uniform. Images smaller than ``min_size`` are cropped to at most their size (so a
+    1 px side stays 1 px, never 0).
     Boxes are shifted and clamped to the window (they may become empty)."""
 
     def __init__(self, min_size: int, max_size: int) -> None:
@@ -136,7 +138,7 @@ class DetectionTransform:
 
 def _as_tv_image(image: Image.Image | Tensor) -> tv_tensors.Image:
     if isinstance(image, Image.Image):
-        return tv_tensors.Image(F.pil_to_tensor(image.convert("RGB")))
+        return tv_tensors.Image(F.pil_to_tensor(to_rgb8(image)))
     if isinstance(image, Tensor) and image.ndim == 3 and image.shape[0] == 3:
         return tv_tensors.Image(image)
     shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
@@ -188,6 +190,8 @@ class SquareResize(v2.Transform):
 
     def __init__(self, size: int) -> None:
         super().__init__()
+        if size < 1:
+            raise ValueError(f"SquareResize: size must be positive, got {size}")
         self.size = int(size)
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:

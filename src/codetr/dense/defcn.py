@@ -19,6 +19,7 @@ from torch import Tensor
 from torchvision.ops import batched_nms
 
 from ..backbones import ResNetBackbone
+from ..config_checks import COMMON_MINIMUMS, require_at_least
 from ..detector import Detector, InputSpec
 from ..necks.fpn import FPN
 from ..structures import ClassInfo, Detections, Target
@@ -71,6 +72,10 @@ class DeFCNConfig:
     def __post_init__(self) -> None:
         if self.assigner not in ("poto", "fcos"):
             raise ValueError(f"DeFCNConfig.assigner must be 'poto' or 'fcos', got {self.assigner!r}")
+        # 0 head convs, a 3DMF window of one level (tau 0) and aux_topk 0 (no aux loss) are valid
+        require_at_least(self, {**COMMON_MINIMUMS, "width_per_group": 1, "fpn_channels": 1, "num_convs": 0,
+                                "filter_kernel_size": 1, "filter_tau": 0, "aux_topk": 0, "topk_candidates": 1,
+                                "detections_per_image": 1})
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from ..backbones import ResNetBackbone
 from ..assign import HungarianMatcher
 from ..boxes import cxcywh_to_xyxy, inverse_sigmoid, xyxy_to_cxcywh
+from ..config_checks import DETR_MINIMUMS, require_at_least
 from ..detector import Detector, InputSpec
 from ..nn import MLP, SinePositionEncoding
 from ..structures import ClassInfo, Detections, Target, padding_mask
@@ -60,6 +61,9 @@ class DeformableDETRConfig:
     focal_alpha: float = 0.25
     aux_loss: bool = True
     num_select: int = 100  # detections kept per image at inference
+
+    def __post_init__(self) -> None:
+        require_at_least(self, DETR_MINIMUMS)
 
     def to_dict(self) -> dict:
         return asdict(self)

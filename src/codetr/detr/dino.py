@@ -23,6 +23,7 @@ from torchvision.ops import nms
 from ..assign import HungarianMatcher
 from ..backbones import ResNetBackbone
 from ..boxes import inverse_sigmoid
+from ..config_checks import DETR_MINIMUMS, require_at_least
 from ..detector import Detector, InputSpec
 from ..nn import MLP, SinePositionEncoding
 from ..structures import ClassInfo, Detections, Target
@@ -79,6 +80,9 @@ class DINOConfig:
     aux_loss: bool = True
     num_select: int = 300           # detections kept per image at inference
     nms_iou_threshold: float = -1.0  # > 0: class-agnostic NMS on the kept detections
+
+    def __post_init__(self) -> None:
+        require_at_least(self, {**DETR_MINIMUMS, "dn_number": 0})
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -167,9 +171,10 @@ class DINO(Detector):
         sel = self.transformer.select_queries(enc, self.enc_class_embed, self.enc_bbox_embed)
         tgt, ref_unact, attn_mask = sel["tgt"], sel["ref_unact"].detach(), None
         if dn is not None and dn.pad_size > 0:  # denoising queries first
+            end = dn.pad_size + tgt.shape[1]  # fewer matching queries than num_queries: see select_queries
             tgt = torch.cat([dn.content, tgt], 1)
             ref_unact = torch.cat([dn.boxes, ref_unact], 1)
-            attn_mask = dn.attn_mask
+            attn_mask = dn.attn_mask[:end, :end]
         hs, refs = self.transformer.decode(tgt, ref_unact, enc, self.bbox_embed, attn_mask)
         hs = hs + 0.0 * self.label_enc.weight[0, 0]  # label_enc always in the graph (DDP), as official
         logits = torch.stack([head(h) for head, h in zip(self.class_embed, hs)])       # [L, B, Q, K]

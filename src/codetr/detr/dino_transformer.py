@@ -3,7 +3,8 @@ mixed query selection and a decoder whose queries are 4-d anchor boxes (DAB-DETR
 layer by layer with look-forward-twice.
 
 Shapes: B images, S tokens (all levels flattened, see ``transformer.py``), Q decoder queries
-(denoising queries first, then ``num_queries`` matching queries), C = ``dim``.
+(denoising queries first, then ``num_queries`` matching queries, or S when an image has fewer
+tokens), C = ``dim``.
 """
 from __future__ import annotations
 
@@ -62,21 +63,23 @@ class DINOTransformer(nn.Module):
 
     def select_queries(self, enc: dict[str, Tensor], class_head: nn.Module, box_head: nn.Module) -> dict[str, Tensor]:
         """Mixed query selection (Sec. 3.3): the top ``num_queries`` encoder tokens by their best
-        class score give the anchor boxes; the content queries are learned (``tgt_embed``)."""
+        class score give the anchor boxes; the content queries are learned (``tgt_embed``).
+        An image with fewer tokens S (very small or elongated) selects all of them and gets
+        Q = S matching queries (the first S content queries)."""
         shapes = [tuple(s) for s in enc["spatial_shapes"].tolist()]
         proposals, valid = encoder_proposals(enc["mask"], shapes)                   # [B, S, 4]
         memory = self.enc_output_norm(self.enc_output(enc["memory"].masked_fill(~valid, 0.0)))
         logits = class_head(memory)                                                  # [B, S, K]
         coords_unact = box_head(memory) + proposals                                  # [B, S, 4]
         scores = logits.max(-1)[0]                                                   # [B, S]
-        topk = torch.topk(scores, self.num_queries, dim=1)[1]                        # [B, Q]
+        topk = torch.topk(scores, min(self.num_queries, scores.shape[1]), dim=1)[1]  # [B, Q]
         pick4 = topk[..., None].expand(-1, -1, 4)
         B = memory.shape[0]
         return {"enc_logits": logits, "output_proposals": proposals, "selection_scores": scores, "topk": topk,
                 "ref_unact": torch.gather(coords_unact, 1, pick4),                  # not detached (interm loss)
                 "memory_topk": torch.gather(memory, 1, topk[..., None].expand(-1, -1, self.dim)),
                 "init_box_proposal": torch.gather(proposals, 1, pick4).sigmoid(),
-                "tgt": self.tgt_embed.weight[None].expand(B, -1, -1)}
+                "tgt": self.tgt_embed.weight[None, : topk.shape[1]].expand(B, -1, -1)}
 
     def decode(self, tgt: Tensor, ref_unact: Tensor, enc: dict[str, Tensor], box_heads: nn.ModuleList,
                attn_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:

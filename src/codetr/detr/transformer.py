@@ -189,7 +189,8 @@ class DeformableTransformer(nn.Module):
         return {"memory": src, "mask": mask, "spatial_shapes": spatial_shapes, "valid_ratios": ratios}
 
     def select_proposals(self, enc: dict[str, Tensor], class_head: nn.Module, box_head: nn.Module) -> dict[str, Tensor]:
-        """Two-stage: score every encoder token, keep the top ``num_queries`` as reference boxes."""
+        """Two-stage: score every encoder token, keep the top ``num_queries`` as reference boxes
+        (all S tokens, hence S queries, when an image has fewer: very small or elongated)."""
         shapes = [tuple(s) for s in enc["spatial_shapes"].tolist()]
         proposals, valid = encoder_proposals(enc["mask"], shapes)
         memory = enc["memory"].masked_fill(~valid, 0.0)
@@ -198,7 +199,7 @@ class DeformableTransformer(nn.Module):
         coords_unact = box_head(memory) + proposals                                  # [B, S, 4]
         # official Deformable DETR ranks by the first (class-agnostic) logit; class-aware: best class
         scores = logits.max(-1)[0] if self.class_aware_proposals else logits[..., 0]
-        topk = torch.topk(scores, self.num_queries, dim=1)[1]                        # [B, Q]
+        topk = torch.topk(scores, min(self.num_queries, scores.shape[1]), dim=1)[1]  # [B, Q]
         ref_unact = torch.gather(coords_unact, 1, topk[..., None].expand(-1, -1, 4)).detach()
         query_pos, tgt = self.pos_trans_norm(self.pos_trans(
             proposal_pos_embed(ref_unact, num_feats=self.dim // 2))).split(self.dim, dim=2)

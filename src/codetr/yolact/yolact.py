@@ -20,7 +20,9 @@ from torch import Tensor, nn
 from ..assign.prior_match import decode_boxes
 from ..backbones import ResNetBackbone
 from ..backbones.dcn import add_deformable_convs
-from ..detector import Detector, ImageLike, InputSpec, load_rgb
+from ..config_checks import COMMON_MINIMUMS, require_at_least
+from ..detector import Detector, InputSpec
+from ..images import ImageLike, load_rgb
 from ..structures import ClassInfo, Detections, Target
 from .fast_nms import NMSResult, cross_class_fast_nms, fast_nms
 from .fpn import YolactFPN
@@ -78,6 +80,11 @@ class YolactConfig:
     cross_class_nms: bool = False
     crop_masks: bool = True
     score_threshold: float = 0.0
+
+    def __post_init__(self) -> None:
+        require_at_least(self, {**COMMON_MINIMUMS, "max_size": 1, "dcn_interval": 1, "fpn_features": 1,
+                                "num_prototypes": 1, "negpos_ratio": 1, "masks_to_train": 1, "top_k": 1,
+                                "max_detections": 1})
 
     def to_dict(self) -> dict:
         return asdict(self)
