@@ -26,19 +26,18 @@ SETTINGS = ("torch default", "codetr")
 
 
 def worker(rank: int, port: int, model_name: str, data: str, setting: str, steps: int, out: dict) -> None:
-    from codetr.data.build import train_dataset
+    from codetr.commands import build_run
     from codetr.data.loader import build_loader
     from codetr.engine.trainer import build_optimizer, wrap_ddp
-    from codetr.zoo import create, recipe
+    from codetr.recipes import recipe
 
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo")
     cfg = recipe(model_name)
     cfg = replace(cfg, data=replace(cfg.data, path=data))
-    dataset = train_dataset(cfg.data)
-    torch.manual_seed(0)
-    model = create(model_name, classes=dataset.classes).train().to(memory_format=torch.channels_last)
+    model, dataset, _ = build_run(cfg)
+    model = model.train().to(memory_format=torch.channels_last)
     ddp = (torch.nn.parallel.DistributedDataParallel(model) if setting == "torch default"
            else wrap_ddp(model, torch.device("cpu"), bf16_gradients=True))
     optimizer = build_optimizer(model, cfg.train)
@@ -49,7 +48,7 @@ def worker(rank: int, port: int, model_name: str, data: str, setting: str, steps
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             losses = ddp(batch.images.contiguous(memory_format=torch.channels_last), batch.sizes, batch.targets)
-        sum(v for k, v in losses.items() if k.startswith("loss")).backward()
+        losses.total().backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)

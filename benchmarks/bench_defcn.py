@@ -100,7 +100,7 @@ def main() -> None:
 
     def step() -> None:
         losses = model(images, sizes, targets)
-        sum(v for k, v in losses.items() if k.startswith("loss")).backward()
+        losses.total().backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

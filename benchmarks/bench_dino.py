@@ -51,7 +51,7 @@ def build_codetr() -> Runner:
     def train_step(x: Inputs) -> None:
         model.train()
         losses = model(x.images, x.sizes, x.targets)
-        loss = sum(v for k, v in losses.items() if k.startswith("loss"))
+        loss = losses.total()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -46,7 +46,7 @@ class Variant:
             with autocast:
                 losses = self.model(batch.images.contiguous(memory_format=self.memory_format), batch.sizes,
                                     batch.targets)
-            sum(v for k, v in losses.items() if k.startswith("loss")).backward()
+            losses.total().backward()
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             times.append(time.perf_counter() - start)
@@ -65,13 +65,13 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    from codetr.data.build import train_dataset
+    from codetr.commands import build_run
     from codetr.data.loader import build_loader
-    from codetr.zoo import recipe
+    from codetr.recipes import recipe
 
     cfg = recipe(args.model)
     cfg = replace(cfg, data=replace(cfg.data, path=args.data))
-    dataset = train_dataset(cfg.data)
+    _, dataset, _ = build_run(cfg)
     loader = iter(build_loader(dataset, args.batch, shuffle=True, num_workers=0, seed=0))
     batches = [next(loader) for _ in range(args.warmup + args.iters)]
     bf16_units = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()

@@ -34,17 +34,16 @@ def main() -> None:
     from torch.utils.data import Subset
 
     from codetr.config import apply_overrides
-    from codetr.data.build import train_dataset, val_dataset
+    from codetr.commands import build_run
     from codetr.data.loader import build_loader
     from codetr.engine.evaluate import evaluate
     from codetr.engine.trainer import build_optimizer
-    from codetr.zoo import create, recipe
+    from codetr.recipes import recipe
 
     cfg = recipe(args.model)
     cfg = apply_overrides(replace(cfg, data=replace(cfg.data, path=args.data)), args.set)
     tc = cfg.train
-    train_ds, val_ds = train_dataset(cfg.data), val_dataset(cfg.data)
-    model = create(cfg.model, classes=train_ds.classes, **cfg.model_args)
+    model, train_ds, val_ds = build_run(cfg)
     optimizer = build_optimizer(model, tc)
     loader = build_loader(train_ds, tc.batch_size, shuffle=True, num_workers=0, drop_last=True, seed=tc.seed)
     val_ids = list(range(min(args.val_images, len(val_ds))))
@@ -62,7 +61,7 @@ def main() -> None:
                 group["lr"] = tc.lr * group["lr_multiplier"] * warm * (0.1 if dropped else 1.0)
             model.train()
             losses = model(batch.images, batch.sizes, batch.targets)
-            total = sum(v for k, v in losses.items() if k.startswith("loss"))
+            total = losses.total()
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             if tc.clip_max_norm > 0:
@@ -73,7 +72,7 @@ def main() -> None:
             dropped = trained >= args.drop * budget
             if step % 50 == 0:
                 print(f"  step {step} {trained:.0f}s loss {float(total.detach()):.3f} "
-                      + " ".join(f"{k[5:]} {float(v.detach()):.3f}" for k, v in losses.items()), flush=True)
+                      + " ".join(f"{k[5:]} {float(v.detach()):.3f}" for k, v in losses.losses.items()), flush=True)
             if evals and trained >= evals[0] * budget:
                 evals.pop(0)
                 t0 = time.perf_counter()

@@ -7,23 +7,23 @@ from dataclasses import replace
 import torch
 torch.set_num_threads(1)
 from codetr.config import apply_overrides
-from codetr.zoo import create, recipe
-from codetr.data.build import train_dataset
+from codetr.commands import build_run
+from codetr.recipes import recipe
 from codetr.data.loader import build_loader
 from codetr.engine.trainer import build_optimizer
 
 tag, name, sets = sys.argv[1], sys.argv[2], sys.argv[3:]
 cfg = apply_overrides(recipe(name), [s for s in sets if not s.startswith("train.device")])
 cfg = replace(cfg, data=replace(cfg.data, path="/tmp/synth"))
-ds = train_dataset(cfg.data)
-model = create(name, classes=ds.classes, **cfg.model_args).train()
+model, ds, _ = build_run(cfg)
+model = model.train()
 opt = build_optimizer(model, cfg.train)
 bs = cfg.train.batch_size if cfg.train.batch_size <= 4 else 4
 it = iter(build_loader(ds, bs, shuffle=True, num_workers=0, seed=0))
 def step():
     b = next(it)
     losses = model(b.images, b.sizes, b.targets)
-    sum(v for k, v in losses.items() if k.startswith("loss")).backward()
+    losses.total().backward()
     opt.step(); opt.zero_grad()
 for _ in range(2): step()
 t = time.perf_counter(); n = 6

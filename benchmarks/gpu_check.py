@@ -33,7 +33,7 @@ for name in list_models():
             torch.cuda.synchronize(); t = time.perf_counter()
             with torch.autocast("cuda", dtype=amp or torch.float32, enabled=amp is not None):
                 losses = model(x, sizes, tg)
-            loss = sum(v for k, v in losses.items() if k.startswith("loss"))
+            loss = losses.total()
             loss.backward(); torch.cuda.synchronize()
             res["train_" + ("bf16" if amp else "fp32")] = f"{(time.perf_counter() - t) * 1e3:.0f}ms loss {loss.item():.3f}"
             model.zero_grad()

@@ -34,11 +34,7 @@ def main() -> None:
     model = load(args.checkpoint)
     if model.family != "defcn":
         raise SystemExit(f"{args.checkpoint}: a {model.family} model has no optional NMS (dense family only)")
-    spec = model.input_spec
-    scale = 255.0 if spec.scale_255 else 1.0
-    data = DataConfig(path=args.data, eval_min_size=spec.min_size, eval_max_size=spec.max_size,
-                      mean=[m / scale for m in spec.mean], std=[s / scale for s in spec.std])
-    dataset = val_dataset(data)
+    dataset = val_dataset(DataConfig(path=args.data), model.input_spec)
     loader = build_loader(dataset, 8, shuffle=False, num_workers=0)
     own = model.config.nms_threshold
     print(f"{args.checkpoint} ({model.family}, own NMS: {own}) on {len(dataset)} val images")

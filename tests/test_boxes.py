@@ -52,3 +52,73 @@ def test_conversions_round_trip():
 def test_inverse_sigmoid_inverts_sigmoid():
     x = torch.linspace(-5, 5, 11)
     torch.testing.assert_close(B.inverse_sigmoid(x.sigmoid()), x, atol=1e-4, rtol=0)
+
+
+def brute_terms(a, b):
+    """(intersection, union, hull area, area of a) of two xyxy boxes, in Python floats."""
+    ax0, ay0, ax1, ay1 = a.tolist()
+    bx0, by0, bx1, by1 = b.tolist()
+    inter = max(0.0, min(ax1, bx1) - max(ax0, bx0)) * max(0.0, min(ay1, by1) - max(ay0, by0))
+    area_a = (ax1 - ax0) * (ay1 - ay0)
+    union = area_a + (bx1 - bx0) * (by1 - by0) - inter
+    hull = (max(ax1, bx1) - min(ax0, bx0)) * (max(ay1, by1) - min(ay0, by0))
+    return inter, union, hull, area_a
+
+
+def test_coverage_and_eps_conventions_against_brute_force():
+    a, b = random_boxes(6, 3), random_boxes(4, 4)
+    b[0] = a[0]                                           # identical boxes: IoU 1, union = hull
+    eps = 50.0                                            # large enough to change every value
+    cover = B.box_coverage(a, b)
+    for clamp in (False, True):
+        den = (lambda d: max(d, eps)) if clamp else (lambda d: d + eps)
+        giou = B.generalized_box_iou(a, b, eps, clamp)
+        for i, j in itertools.product(range(6), range(4)):
+            inter, union, hull, area_a = brute_terms(a[i], b[j])
+            assert abs(giou[i, j].item() - (inter / den(union) - (hull - union) / den(hull))) < 1e-5
+            assert abs(cover[i, j].item() - inter / area_a) < 1e-6
+        torch.testing.assert_close(B.elementwise_generalized_box_iou(a[:4], b, eps, clamp), giou[:4].diagonal())
+        iou = B.elementwise_box_iou(a[:4], b, eps, clamp)
+        want = [brute_terms(a[k], b[k]) for k in range(4)]
+        torch.testing.assert_close(iou, torch.tensor([t[0] / den(t[1]) for t in want]))
+
+
+def test_one_formula_equals_torchvision_and_batches():
+    """Without eps the pairwise GIoU is torchvision's; our formula gives the same bits, and both
+    pairwise functions accept leading batch dimensions."""
+    a, b = random_boxes(7, 5), random_boxes(5, 6)
+    assert torch.equal(B._giou(*B._pairwise(a, b), 0.0, False), B.generalized_box_iou(a, b))
+    assert torch.equal(B.elementwise_box_iou(a[:, None], b[None]), B.box_iou(a, b))
+    batch_a, batch_b = torch.stack([a, a.flip(0)]), torch.stack([b, b + 3])
+    for pairwise in (B.box_iou, B.box_coverage, B.box_intersection, B.generalized_box_iou,
+                     lambda x, y: B.generalized_box_iou(x, y, 1e-6)):
+        batched = pairwise(batch_a, batch_b)
+        assert batched.shape == (2, 7, 5)
+        torch.testing.assert_close(batched[1], pairwise(a.flip(0), b + 3), rtol=0, atol=0)
+
+
+def test_ssd_coder():
+    g = torch.Generator().manual_seed(0)
+    priors = torch.cat([torch.rand(30, 2, generator=g), torch.rand(30, 2, generator=g) * 0.5 + 0.05], 1)
+    torch.testing.assert_close(B.ssd_encode(B.cxcywh_to_xyxy(priors), priors), torch.zeros(30, 4), atol=1e-5, rtol=0)
+    offsets = torch.randn(30, 4, generator=g)
+    boxes = B.ssd_decode(offsets, priors)
+    # the rule: centre moves by v0 * offset prior sizes, sizes scale by exp(v1 * offset)
+    torch.testing.assert_close(B.xyxy_to_cxcywh(boxes), torch.cat(
+        [priors[:, :2] + 0.1 * offsets[:, :2] * priors[:, 2:], priors[:, 2:] * torch.exp(0.2 * offsets[:, 2:])], 1))
+    torch.testing.assert_close(B.ssd_encode(boxes, priors), offsets, atol=1e-4, rtol=1e-4)
+    # any leading shape, priors broadcast
+    assert B.ssd_decode(offsets.view(3, 10, 4), priors[:10]).shape == (3, 10, 4)
+
+
+def test_clamped_giou_is_the_dense_ltrb_loss():
+    """cvpods' IoU loss on ltrb distances is 1 - GIoU with clamped denominators of the boxes
+    around the point (0, 0), bit for bit (boxes with positive sides)."""
+    from codetr.dense.losses import ltrb_giou_loss
+    g = torch.Generator().manual_seed(1)
+    pred, target = torch.rand(50, 4, generator=g) * 9 + 0.1, torch.rand(50, 4, generator=g) * 9 + 0.1
+    origin = torch.zeros(50, 2)
+    eps = torch.finfo(torch.float32).eps
+    giou = B.elementwise_generalized_box_iou(B.ltrb_decode(origin, pred), B.ltrb_decode(origin, target), eps,
+                                             clamp=True)
+    assert torch.equal(1 - giou, ltrb_giou_loss(pred, target))

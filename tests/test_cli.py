@@ -24,8 +24,8 @@ def dataset(tmp_path_factory):
 def run_dir(dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     args = ["train", "deformable_detr_tiny", "--data", str(dataset), "--out", str(out), "--set",
-            "train.epochs=2", "train.eval_every=1", "train.batch_size=2", "data.num_workers=0", "data.eval_min_size=64",
-            "data.eval_max_size=80", "data.train_scales=[48,64]", "data.max_size=80", *SMALL]
+            "train.epochs=2", "train.eval_every=1", "train.batch_size=2", "data.num_workers=0",
+            "model_args.input_spec.min_size=64", "model_args.input_spec.max_size=80", "data.train_scales=[48,64]", "data.max_size=80", *SMALL]
     assert main(args) == 0
     return out
 
@@ -115,7 +115,7 @@ def test_train_in_two_processes_then_resume(dataset, tmp_path):
     out = tmp_path / "ddp"
     args = ["train", "deformable_detr_tiny", "--data", str(dataset), "--out", str(out), "--procs", "2",
             "--set", "train.epochs=1", "train.batch_size=2", "data.train_scales=[48]", "data.max_size=64",
-            "data.eval_min_size=48", "data.eval_max_size=64", *SMALL]
+            "model_args.input_spec.min_size=48", "model_args.input_spec.max_size=64", *SMALL]
     assert main(args) == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["type"] == "eval"] == [1]  # 3 images per process: 1 full batch of 2
@@ -133,7 +133,7 @@ def test_process_count_comes_from_the_recipe_and_is_one_on_a_gpu(monkeypatch):
 
     from codetr import commands
     from codetr.config import apply_overrides
-    from codetr.zoo import recipe
+    from codetr.recipes import recipe
 
     launched = []
     monkeypatch.setattr(commands, "run", lambda cfg, resume=None: launched.append(1))

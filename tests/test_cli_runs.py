@@ -16,8 +16,8 @@ from codetr.commands import _worker_failure
 
 SMALL = ["model_args.hidden_dim=64", "model_args.num_heads=4", "model_args.enc_layers=1", "model_args.dec_layers=1",
          "model_args.ffn_dim=32", "model_args.num_queries=10", "model_args.num_select=10", "data.num_workers=0",
-         "data.train_scales=[48]", "data.max_size=64", "data.eval_min_size=48", "data.eval_max_size=64",
-         "train.batch_size=2", "train.log_every=1"]
+         "data.train_scales=[48]", "data.max_size=64", "model_args.input_spec.min_size=48",
+         "model_args.input_spec.max_size=64", "train.batch_size=2", "train.log_every=1"]
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -71,7 +71,8 @@ def test_same_command_same_losses(dataset, tmp_path, procs):
     ("train.epochs=-1", "train.epochs must be >= 1, got -1"),
     ("train.device=banana", "train.device must be 'auto' or a torch device"),
     ("train.device=cuda", "torch sees no CUDA GPU"),
-    ("data.eval_max_size=0", "data.eval_max_size must be a size in pixels >= 1, got 0"),
+    ("data.max_size=0", "data.max_size must be a size in pixels >= 1, got 0"),
+    ("model_args.input_spec.max_size=0", "InputSpec.max_size must be an int >= 1, got 0"),
 ])
 def test_bad_settings_fail_before_training_in_one_line(dataset, tmp_path, caplog, setting, message):
     if setting == "train.device=cuda" and __import__("torch").cuda.is_available():

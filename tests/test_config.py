@@ -46,6 +46,14 @@ def test_bad_overrides_name_the_key(override, words):
         assert word in str(err.value)
 
 
+def test_from_dict_drops_the_preprocessing_keys_of_older_runs():
+    """Runs saved before preprocessing moved to the model's InputSpec still load (and resume)."""
+    old = RunConfig(data=DataConfig(path="/coco")).to_dict()
+    old["data"].update(mean=[0.5, 0.5, 0.5], std=[0.2, 0.2, 0.2], eval_min_size=128, eval_max_size=170, square=False)
+    with pytest.warns(UserWarning, match="data.eval_max_size, data.eval_min_size, data.mean, data.square, data.std"):
+        assert RunConfig.from_dict(old) == RunConfig(data=DataConfig(path="/coco"))
+
+
 def test_from_dict_rejects_unknown_and_mistyped():
     with pytest.raises(ConfigError, match="'train.epochz'"):
         RunConfig.from_dict({"train": {"epochz": 1}})

@@ -13,6 +13,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 import codetr
 from codetr.data.coco import CocoDetection
 from codetr.data.transforms import eval_transforms
+from codetr.detector import InputSpec
 from codetr.images import ALPHA_BACKGROUND, ImageReadError, load_image, load_rgb
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
@@ -128,7 +129,7 @@ def test_coco_dataset_loads_upright_images_and_checks_the_upright_size(tmp_path)
 
 def test_eval_transforms_see_the_upright_image(tmp_path):
     write_rotated(tmp_path / "r.png")
-    dataset = CocoDetection(write_coco(tmp_path, 2, 3), tmp_path, eval_transforms(6, 100, (0, 0, 0), (1, 1, 1)))
+    dataset = CocoDetection(write_coco(tmp_path, 2, 3), tmp_path, eval_transforms(InputSpec(mean=(0, 0, 0), std=(1, 1, 1), min_size=6, max_size=100)))
     x, target = dataset[0]
     assert x.shape == (3, 9, 6) and target.size == (9, 6)
     assert x[0, 0, -1] > 0.9 and x[2, 0, -1] < 0.1   # red moved to the top-right

@@ -7,25 +7,14 @@ from typing import Any, Callable, TypeVar
 import torch
 
 from .config import from_dict
-from .config_checks import require_at_least
 from .detector import Detector, InputSpec
-from .detr.deformable_detr import DeformableDETR, DeformableDETRConfig
-from .detr.dino import DINO, DINOConfig
-from .dense.defcn import DeFCN, DeFCNConfig
 from .engine.checkpoint import CheckpointError, load_checkpoint, model_state, save_checkpoint
+from .registry import FAMILIES, get_family
 from .structures import ClassInfo
-from .yolact.yolact import Yolact, YolactConfig
 from .zoo import create, list_models
 
 T = TypeVar("T")
 
-# family name -> (model class, config dataclass): how a checkpoint is rebuilt
-FAMILIES: dict[str, tuple[type[Detector], type]] = {
-    "deformable_detr": (DeformableDETR, DeformableDETRConfig),
-    "dino": (DINO, DINOConfig),
-    "yolact": (Yolact, YolactConfig),
-    "defcn": (DeFCN, DeFCNConfig),
-}
 MODEL_KEYS = ("family", "model_config", "classes", "input_spec", "model")  # written by model_state
 
 
@@ -35,17 +24,17 @@ def build_from_state(state: dict, source: str = "checkpoint") -> Detector:
     missing = [key for key in MODEL_KEYS if key not in state]
     if missing:
         raise CheckpointError(f"{source}: missing key(s) {missing}; a model checkpoint needs {list(MODEL_KEYS)}")
-    family = state["family"]
-    if not isinstance(family, str) or family not in FAMILIES:
-        raise CheckpointError(f"{source}: unknown model family {family!r}; known: {sorted(FAMILIES)}")
-    model_cls, config_cls = FAMILIES[family]
-    config = _parse(source, "model_config", lambda: from_dict(config_cls, state["model_config"]))
+    family, known = state["family"], sorted(f.name for f in FAMILIES)
+    if not isinstance(family, str) or family not in known:
+        raise CheckpointError(f"{source}: unknown model family {family!r}; known: {known}")
+    fam = get_family(family)
+    config = _parse(source, "model_config", lambda: from_dict(fam.config, state["model_config"]))
     classes = _parse(source, "classes", lambda: ClassInfo.from_dict(state["classes"]))
-    spec = _parse(source, "input_spec", lambda: _input_spec(state["input_spec"]))
+    spec = _parse(source, "input_spec", lambda: from_dict(InputSpec, state["input_spec"]))
     if len(classes) != config.num_classes:
         raise CheckpointError(f"{source}: 'classes' has {len(classes)} categories but model_config.num_classes "
                               f"is {config.num_classes}")
-    model = _parse(source, "model_config", lambda: model_cls(config, classes, spec))
+    model = _parse(source, "model_config", lambda: fam.model(config, classes, spec))
     _load_weights(model, state["model"], source)
     model.model_name = state.get("model_name", family)
     return model
@@ -57,17 +46,6 @@ def _parse(source: str, key: str, build: Callable[[], T]) -> T:
         return build()
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{source}: bad {key!r}: {e}") from e
-
-
-def _input_spec(d: dict) -> InputSpec:
-    """``InputSpec`` from a checkpoint dict: types checked, unknown keys refused, values sane."""
-    spec = from_dict(InputSpec, d)
-    if len(spec.mean) != 3 or len(spec.std) != 3:
-        raise ValueError(f"mean and std need 3 values (one per channel), got {list(spec.mean)} and {list(spec.std)}")
-    if spec.channel_order not in ("RGB", "BGR"):
-        raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {spec.channel_order!r}")
-    require_at_least(spec, {"min_size": 1, "max_size": 1, "size_divisibility": 1})
-    return spec
 
 
 def _load_weights(model: Detector, weights: Any, source: str) -> None:

@@ -1,10 +1,36 @@
-"""Box conversions and overlaps. Boxes are [..., 4]; pairwise functions return [N, M]."""
+"""Boxes: format conversions, overlaps (IoU, GIoU, coverage) and the box coders. The one home
+of each; detectors and assigners import them from here.
+
+Formats, all [..., 4]: ``xyxy`` corners, ``cxcywh`` centre and size, ``xywh`` (COCO) corner
+and size.
+
+Overlaps come in two layouts: *pairwise* [..., N, 4] x [..., M, 4] -> [..., N, M] (leading
+dimensions broadcast, e.g. one IoU matrix per class) and *elementwise* [..., 4] x [..., 4] ->
+[...] (matched rows). Plain pairwise IoU and GIoU without ``eps`` are ``torchvision.ops``
+(identical values and gradients in float32/64; torchvision computes float16/bfloat16 inputs in
+float32); the rest share one formula, ``_overlap_terms``.
+
+Denominator conventions (``eps``), as the detectors we reproduce use them:
+
+* added, ``d + eps`` (``clamp=False``): DETR / Deformable DETR (``eps = 0``), DINO (1e-6);
+* clamped, ``max(d, eps)`` (``clamp=True``): mmdet's ``bbox_overlaps`` and cvpods' IoU loss.
+
+Coders map boxes to regression targets and back:
+
+* ``ssd_encode`` / ``ssd_decode``: offsets from a prior (SSD, Liu et al. 2016, Eq. 2;
+  YOLACT): centre offset in prior sizes / v0, log size ratio / v1;
+* ``ltrb_encode`` / ``ltrb_decode``: distances from a point to the four sides (FCOS, DeFCN).
+"""
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_iou as _tv_box_iou
+from torchvision import ops
 
+SSD_VARIANCES = (0.1, 0.2)
+
+
+# -- formats ------------------------------------------------------------------------------
 
 def cxcywh_to_xyxy(b: Tensor) -> Tensor:
     cx, cy, w, h = b.unbind(-1)
@@ -27,45 +53,112 @@ def xyxy_to_xywh(b: Tensor) -> Tensor:
 
 
 def box_area(b: Tensor) -> Tensor:
+    """[..., 4] xyxy -> [...]; negative for inverted boxes (x1 < x0 or y1 < y0)."""
     return (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
 
 
-def box_iou(a: Tensor, b: Tensor) -> Tensor:
-    """[N, 4] x [M, 4] xyxy -> [N, M] IoU."""
-    return _tv_box_iou(a, b)
+# -- overlaps -----------------------------------------------------------------------------
+
+def _side_product(lo: Tensor, hi: Tensor) -> Tensor:
+    """Area of the box [lo, hi] ([..., 2] corners each), 0 when it is empty."""
+    wh = (hi - lo).clamp(min=0)
+    return wh[..., 0] * wh[..., 1]  # not .prod(-1): its gradient divides by the factors
 
 
-def _iou_and_union(a: Tensor, b: Tensor, eps: float = 0.0) -> tuple[Tensor, Tensor]:
-    area_a, area_b = box_area(a), box_area(b)
-    lt = torch.max(a[:, None, :2], b[None, :, :2])  # [N, M, 2]
-    rb = torch.min(a[:, None, 2:], b[None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    union = area_a[:, None] + area_b[None, :] - inter
-    return inter / (union + eps), union
+def _divide(num: Tensor, den: Tensor, eps: float, clamp: bool) -> Tensor:
+    return num / (den.clamp(min=eps) if clamp else den + eps)
 
 
-def generalized_box_iou(a: Tensor, b: Tensor, eps: float = 0.0) -> Tensor:
-    """Pairwise GIoU (Rezatofighi et al. 2019, Alg. 1): IoU - (|C| - |A u B|) / |C|,
-    C the smallest enclosing box. [N, 4] x [M, 4] xyxy -> [N, M]. ``eps`` is added to both
-    denominators (DINO: 1e-6)."""
-    iou, union = _iou_and_union(a, b, eps)
-    lt = torch.min(a[:, None, :2], b[None, :, :2])
-    rb = torch.max(a[:, None, 2:], b[None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    enclosing = wh[..., 0] * wh[..., 1]
-    return iou - (enclosing - union) / (enclosing + eps)
-
-
-def elementwise_generalized_box_iou(a: Tensor, b: Tensor, eps: float = 0.0) -> Tensor:
-    """GIoU of matching rows: [N, 4] x [N, 4] xyxy -> [N]; ``eps`` as generalized_box_iou."""
-    area_a, area_b = box_area(a), box_area(b)
-    inter_wh = (torch.min(a[:, 2:], b[:, 2:]) - torch.max(a[:, :2], b[:, :2])).clamp(min=0)
-    inter = inter_wh[:, 0] * inter_wh[:, 1]
+def _overlap_terms(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Elementwise over broadcast a, b [..., 4] xyxy: (intersection, union, enclosing-box area),
+    each [...]."""
+    area_a, area_b = box_area(a), box_area(b)  # first: the order fixes how gradients accumulate
+    inter = _side_product(torch.max(a[..., :2], b[..., :2]), torch.min(a[..., 2:], b[..., 2:]))
     union = area_a + area_b - inter
-    encl_wh = (torch.max(a[:, 2:], b[:, 2:]) - torch.min(a[:, :2], b[:, :2])).clamp(min=0)
-    enclosing = encl_wh[:, 0] * encl_wh[:, 1]
-    return inter / (union + eps) - (enclosing - union) / (enclosing + eps)
+    enclosing = _side_product(torch.min(a[..., :2], b[..., :2]), torch.max(a[..., 2:], b[..., 2:]))
+    return inter, union, enclosing
+
+
+def _giou(a: Tensor, b: Tensor, eps: float, clamp: bool) -> Tensor:
+    """GIoU (Rezatofighi et al. 2019, Alg. 1) = IoU - (|C| - |A u B|) / |C|, C the smallest
+    box enclosing A and B, elementwise over broadcast [..., 4]."""
+    inter, union, enclosing = _overlap_terms(a, b)
+    return _divide(inter, union, eps, clamp) - _divide(enclosing - union, enclosing, eps, clamp)
+
+
+def _pairwise(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """[..., N, 4], [..., M, 4] -> views [..., N, 1, 4], [..., 1, M, 4] that broadcast to N x M."""
+    return a[..., :, None, :], b[..., None, :, :]
+
+
+def box_intersection(a: Tensor, b: Tensor) -> Tensor:
+    """Pairwise intersection areas: [..., N, 4] x [..., M, 4] xyxy -> [..., N, M]."""
+    a, b = _pairwise(a, b)
+    return _side_product(torch.max(a[..., :2], b[..., :2]), torch.min(a[..., 2:], b[..., 2:]))
+
+
+def box_iou(a: Tensor, b: Tensor) -> Tensor:
+    """Pairwise IoU |A n B| / |A u B|: [..., N, 4] x [..., M, 4] xyxy -> [..., N, M]
+    (torchvision). NaN where both boxes are empty (0 / 0)."""
+    return ops.box_iou(a, b)
+
+
+def box_coverage(a: Tensor, b: Tensor) -> Tensor:
+    """Pairwise |A n B| / |A|, the share of each ``a`` box that a ``b`` box covers (YOLACT's
+    crowd test, "IoF" in mmdet): [..., N, 4] x [..., M, 4] xyxy -> [..., N, M]."""
+    return box_intersection(a, b) / box_area(a)[..., :, None]
+
+
+def generalized_box_iou(a: Tensor, b: Tensor, eps: float = 0.0, clamp: bool = False) -> Tensor:
+    """Pairwise GIoU: [..., N, 4] x [..., M, 4] xyxy -> [..., N, M]; ``eps`` / ``clamp``: the
+    denominator convention (module docstring)."""
+    if eps == 0 and not clamp:
+        return ops.generalized_box_iou(a, b)
+    return _giou(*_pairwise(a, b), eps, clamp)
+
+
+def elementwise_box_iou(a: Tensor, b: Tensor, eps: float = 0.0, clamp: bool = False) -> Tensor:
+    """IoU of matched rows: [..., 4] x [..., 4] xyxy (broadcast) -> [...]."""
+    inter, union, _ = _overlap_terms(a, b)
+    return _divide(inter, union, eps, clamp)
+
+
+def elementwise_generalized_box_iou(a: Tensor, b: Tensor, eps: float = 0.0, clamp: bool = False) -> Tensor:
+    """GIoU of matched rows: [..., 4] x [..., 4] xyxy (broadcast) -> [...]; ``eps`` / ``clamp``
+    as ``generalized_box_iou``."""
+    return _giou(a, b, eps, clamp)
+
+
+# -- coders -------------------------------------------------------------------------------
+
+def ssd_encode(boxes: Tensor, priors: Tensor, variances: tuple[float, float] = SSD_VARIANCES) -> Tensor:
+    """boxes [..., 4] xyxy, priors [..., 4] cxcywh (same units) -> offsets [..., 4]:
+    ``(c - c_p) / (v0 * wh_p)`` for the centre, ``log(wh / wh_p) / v1`` for the size."""
+    box = xyxy_to_cxcywh(boxes)
+    centre = (box[..., :2] - priors[..., :2]) / (variances[0] * priors[..., 2:])
+    size = torch.log(box[..., 2:] / priors[..., 2:]) / variances[1]
+    return torch.cat([centre, size], dim=-1)
+
+
+def ssd_decode(offsets: Tensor, priors: Tensor, variances: tuple[float, float] = SSD_VARIANCES) -> Tensor:
+    """Inverse of ``ssd_encode``: offsets [..., 4], priors [..., 4] cxcywh -> boxes [..., 4] xyxy."""
+    wh_p = priors[..., 2:]
+    centre = priors[..., :2] + offsets[..., :2] * variances[0] * wh_p
+    size = wh_p * torch.exp(offsets[..., 2:] * variances[1])
+    # the far corner is top_left + size, not centre + size / 2: the two round differently in
+    # the last bit, and YOLACT's official boxes (and so its NMS decisions) use the former
+    top_left = centre - size / 2
+    return torch.cat([top_left, top_left + size], dim=-1)
+
+
+def ltrb_encode(points: Tensor, boxes: Tensor) -> Tensor:
+    """points [..., 2] (x, y), boxes [..., 4] xyxy (broadcast) -> [..., 4] (x - x0, y - y0, x1 - x, y1 - y)."""
+    return torch.cat([points - boxes[..., :2], boxes[..., 2:] - points], dim=-1)
+
+
+def ltrb_decode(points: Tensor, deltas: Tensor) -> Tensor:
+    """Inverse of ``ltrb_encode``: points [..., 2], deltas [..., 4] -> xyxy [..., 4]."""
+    return torch.cat([points - deltas[..., :2], points + deltas[..., 2:]], dim=-1)
 
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:

@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-from pathlib import Path
 
 EPILOG = """examples:
   codetr demo                                   # synthetic data -> train tiny model -> AP -> drawings
@@ -20,6 +18,8 @@ EPILOG = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .registry import cli_names
+
     p = argparse.ArgumentParser(prog="codetr", description="Modern object detectors in plain PyTorch.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--score-threshold", type=float, default=0.3)
 
     c = sub.add_parser("convert", help="official checkpoint -> codetr checkpoint")
-    c.add_argument("family", help="deformable_detr, dino, yolact or defcn")
+    c.add_argument("family", help=", ".join(cli_names()))
     c.add_argument("input", help="official checkpoint (.pth)")
     c.add_argument("output", help="codetr checkpoint to write")
     c.add_argument("--config", default=None, help="JSON of official config values, if the file carries none")

@@ -32,7 +32,7 @@ def _print_metrics(metrics: dict) -> None:
 def train(args: Namespace) -> int:
     from .config import apply_overrides
     from .engine.run_folder import latest_run, next_free
-    from .zoo import recipe
+    from .recipes import recipe
 
     cfg = apply_overrides(recipe(args.model), args.set)
     out = args.out or cfg.out_dir
@@ -64,20 +64,19 @@ def run(cfg, resume: str | None = None):
 
 def build_run(cfg):
     """The model and the train / val datasets of a RunConfig (bad data or settings raise here).
-    The model's initial weights follow ``train.seed``."""
-    from .data.build import train_dataset, val_dataset
+    The model's initial weights follow ``train.seed``; the datasets' preprocessing is the
+    model's ``InputSpec``."""
+    from .data.build import model_and_datasets
     from .engine.trainer import seed_all
     from .zoo import create
 
-    train_ds = train_dataset(cfg.data)
-    val_ds = val_dataset(cfg.data)
-    if val_ds.classes.category_ids != train_ds.classes.category_ids:
-        raise ValueError(f"train and val category ids differ: {train_ds.classes.category_ids} vs "
-                         f"{val_ds.classes.category_ids}")
-    seed_all(cfg.train.seed)
-    model = create(cfg.model, classes=train_ds.classes, **cfg.model_args)
-    model.model_name = cfg.model
-    return model, train_ds, val_ds
+    def build(classes):
+        seed_all(cfg.train.seed)
+        model = create(cfg.model, classes=classes, **cfg.model_args)
+        model.model_name = cfg.model
+        return model
+
+    return model_and_datasets(cfg.data, build)
 
 
 def check_run(cfg, resume: str | None) -> None:
@@ -103,19 +102,15 @@ def eval(args: Namespace) -> int:  # noqa: A001 (the subcommand's name)
     from .engine.evaluate import evaluate
 
     model = load(args.checkpoint)
-    spec = model.input_spec
-    scale = 255.0 if spec.scale_255 else 1.0  # DataConfig normalises [0, 1] values
-    data = DataConfig(path=args.data, eval_min_size=spec.min_size, eval_max_size=spec.max_size,
-                      mean=[m / scale for m in spec.mean], std=[s / scale for s in spec.std],
-                      square=spec.square)
-    dataset = val_dataset(data)
+    dataset = val_dataset(DataConfig(path=args.data), model.input_spec)
     # matched by category id; a dataset with a subset of the model's categories is fine for
     # COCO AP (COCOeval scores the ground truth's categories and ignores other detections)
     mismatch = model.classes.mismatch(dataset.classes, subset_ok=True)
     if mismatch:
         raise ValueError(f"checkpoint {str(args.checkpoint)!r} and dataset {str(dataset.ann_file)!r} have "
                          f"different categories: {mismatch}")
-    loader = build_loader(dataset, args.batch_size, shuffle=False, num_workers=0)
+    loader = build_loader(dataset, args.batch_size, shuffle=False, num_workers=0,
+                          size_divisibility=model.input_spec.size_divisibility)
     metrics = evaluate(model, loader, dataset.coco, model.classes, results_path=args.results)
     _print_metrics(metrics)
     return 0
@@ -134,10 +129,12 @@ def predict(args: Namespace) -> int:
 def convert(args: Namespace) -> int:
     from .api import save
     from .convert import load_official
+    from .registry import get_family
 
+    family = get_family(args.family).name
     config = json.loads(Path(args.config).read_text()) if args.config else None
-    model = load_official(args.family, args.input, config, ema=getattr(args, "ema", False))
-    save(model, args.output, model_name=f"{args.family}_official")
+    model = load_official(family, args.input, config, ema=getattr(args, "ema", False))
+    save(model, args.output, model_name=f"{family}_official")
     print(f"wrote {args.output} ({model.family}, {model.num_classes} classes)")
     return 0
 
@@ -167,7 +164,7 @@ def demo(args: Namespace) -> int:
     from .engine.evaluate import evaluate
     from .engine.predict import predict_files
     from .engine.run_folder import next_free
-    from .zoo import recipe
+    from .recipes import recipe
 
     start = time.time()
     out = Path(args.out or next_free("runs/demo", inside="train"))
@@ -180,8 +177,10 @@ def demo(args: Namespace) -> int:
     cfg = apply_overrides(cfg, args.set)
     train_in_processes(cfg, args.procs, resume=None)
     model = load(Path(cfg.out_dir) / "last.ckpt")
-    dataset = val_dataset(cfg.data)
-    metrics = evaluate(model, build_loader(dataset, 8, shuffle=False, num_workers=0), dataset.coco, model.classes)
+    dataset = val_dataset(cfg.data, model.input_spec)
+    loader = build_loader(dataset, 8, shuffle=False, num_workers=0,
+                          size_divisibility=model.input_spec.size_divisibility)
+    metrics = evaluate(model, loader, dataset.coco, model.classes)
     preds = predict_files(model, sorted((data_dir / "val").iterdir())[:8], out / "predictions", score_threshold=0.3)
     print(f"\ncodetr demo: {cfg.model} trained in {(time.time() - start) / 60:.1f} min; COCO AP on the synthetic val split:")
     _print_metrics(metrics)
@@ -213,7 +212,7 @@ def train_in_processes(cfg, procs: int | None = None, resume: str | None = None)
     procs = 1 if du_launched() else min(procs, os.cpu_count() or 1)
     check_run(cfg, resume)
     if procs <= 1:
-        from .engine import distributed as du
+        from . import distributed as du
 
         run(cfg, resume=resume)
         du.cleanup(synchronize=True)
@@ -237,7 +236,7 @@ def _train_worker(rank: int, world: int, port: int, cfg_dict: dict, resume: str 
     import torch
 
     from .config import RunConfig
-    from .engine import distributed as du
+    from . import distributed as du
 
     _die_with_launcher(launcher_pid)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),

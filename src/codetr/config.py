@@ -16,12 +16,15 @@ import difflib
 import json
 import types
 import typing
+import warnings
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from torch import device as torch_device
 
+# DataConfig fields older runs saved, now the model's InputSpec (RunConfig.from_dict drops them)
+REMOVED_DATA_KEYS = frozenset({"mean", "std", "eval_min_size", "eval_max_size", "square"})
 COCO_TRAIN_SCALES = [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800]
 
 
@@ -31,11 +34,16 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    """Where the data lives and how it is augmented.
+    """Where the data lives and how it is augmented for training.
 
     Either ``path``, a COCO-style root (``annotations/instances_{train,val}.json``, ``train/``,
     ``val/``), or explicit ``{train,val}_{ann,images}``; relative explicit paths are resolved
     against ``root`` (or ``path``) when given. ``split_paths`` does the resolution.
+
+    Normalisation, channel order, the eval size and square resizing are the model's
+    ``InputSpec`` (``model_args.input_spec.*``), never set here. A square model (YOLACT) trains
+    on ``InputSpec.max_size`` squares: ``train_scales`` and ``max_size`` are then unused and
+    ``crop`` switches on its SSD augmentation.
     """
 
     path: str | None = None
@@ -45,22 +53,16 @@ class DataConfig:
     val_ann: str | None = None
     val_images: str | None = None
     train_scales: list[int] = field(default_factory=lambda: list(COCO_TRAIN_SCALES))
-    max_size: int = 1333
+    max_size: int = 1333                  # cap on the longer side in training
     crop: bool = True                     # DETR's random resize -> crop -> resize branch
     masks: bool = False                   # load instance masks for training (YOLACT)
-    square: bool = False                  # resize to max_size x max_size squares, eval_max_size at eval (YOLACT)
     crop_scales: list[int] = field(default_factory=lambda: [400, 500, 600])
     crop_min_size: int = 384
     crop_max_size: int = 600
-    eval_min_size: int = 800
-    eval_max_size: int = 1333
     num_workers: int = 2
-    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
 
     def __post_init__(self) -> None:
         sizes = {"max_size": self.max_size, "crop_min_size": self.crop_min_size, "crop_max_size": self.crop_max_size,
-                 "eval_min_size": self.eval_min_size, "eval_max_size": self.eval_max_size,
                  **{f"train_scales[{i}]": s for i, s in enumerate(self.train_scales)},
                  **{f"crop_scales[{i}]": s for i, s in enumerate(self.crop_scales)}}
         for name, value in sizes.items():
@@ -73,8 +75,6 @@ class DataConfig:
                               f"({self.crop_max_size})")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ConfigError(f"data.mean and data.std need 3 values each, std > 0; got {self.mean}, {self.std}")
 
     def split_paths(self, split: str) -> tuple[Path, Path]:
         """(annotation file, image folder) of ``split`` ('train' or 'val')."""
@@ -157,6 +157,14 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
+        """A RunConfig from its dict. Preprocessing keys that DataConfig no longer has (saved
+        with older runs) are dropped with a warning: the model's ``InputSpec`` holds them."""
+        data = d.get("data") if isinstance(d, dict) else None
+        if isinstance(data, dict) and REMOVED_DATA_KEYS & set(data):
+            removed = sorted(REMOVED_DATA_KEYS & set(data))
+            warnings.warn(f"ignoring data.{', data.'.join(removed)} of an older run config: preprocessing is the "
+                          "model's InputSpec now (model_args.input_spec.*)", stacklevel=2)
+            d = {**d, "data": {k: v for k, v in data.items() if k not in REMOVED_DATA_KEYS}}
         return from_dict(cls, d)
 
 

@@ -1,33 +1,43 @@
 """What every codetr detector shares: the three entry points of the data contract.
 
-* ``model(images, sizes, targets)`` in train mode -> dict of losses (every ``loss*`` entry is
-  already weighted, so the total is their sum; other entries are logs);
+* ``model(images, sizes, targets)`` in train mode -> ``LossOutput(losses, logs)``: ``losses``
+  are weighted scalars whose sum (``total()``) is the training loss, ``logs`` detached scalars
+  that are only reported; both keep the official names (DINO's ``loss_xy`` is a log);
 * ``model(images, sizes)`` in eval mode -> the family's raw outputs under the official names;
 * ``model.predict(inputs)`` -> list[Detections] in original pixels.
 
 A family implements ``forward`` and ``postprocess``; preprocessing (``InputSpec``) and the
 label -> category mapping (``ClassInfo``) are data the model carries and saves.
+
+Loss weighting, one convention for every family: a criterion returns its terms UNWEIGHTED under
+the official names (``dict[str, Tensor]``) and carries ``weight_dict`` (official weights, e.g.
+DETR's coefficients, DeFCN's ``reg_weight``, YOLACT's alphas); the train-mode forward returns
+``LossOutput.weigh(terms, criterion.weight_dict)``: the terms it names become weighted losses,
+the others logs.
 """
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from .config_checks import require_at_least
 from .images import ImageLike, load_rgb, resized_hw
 from .structures import ClassInfo, Detections
 
 
 @dataclass
 class InputSpec:
-    """How raw RGB images become the model's input. ``mean``/``std`` act on [0, 1] RGB values
-    (or on [0, 255] values in the channel order ``channel_order`` when ``scale_255``)."""
+    """How raw RGB images become the model's input: the one source of the preprocessing that
+    ``Detector.prepare`` (predict) and the data pipeline (``codetr.data.build``: train and eval)
+    apply. ``mean``/``std`` act on values in the channel order ``channel_order``, in [0, 1]
+    (or in [0, 255] when ``scale_255``)."""
 
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -36,7 +46,23 @@ class InputSpec:
     min_size: int = 800      # shorter side after resize (eval)
     max_size: int = 1333     # cap on the longer side
     size_divisibility: int = 1
-    square: bool = False     # resize every image to a max_size x max_size square (YOLACT)
+    square: bool = False     # every image (train, eval, predict) resized to a max_size x max_size
+                             # square, bilinear without antialiasing (YOLACT's official transform)
+
+    def __post_init__(self) -> None:
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"mean and std need 3 values (one per channel), std > 0; got {list(self.mean)} "
+                             f"and {list(self.std)}")
+        if self.channel_order not in ("RGB", "BGR"):
+            raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
+        require_at_least(self, {"min_size": 1, "max_size": 1, "size_divisibility": 1})
+
+    def normalize(self, rgb: Tensor) -> Tensor:
+        """Float RGB values in [0, 255], [3, H, W] -> the network's input [3, H, W]: channels in
+        ``channel_order``, divided by 255 unless ``scale_255``, then (x - mean) / std."""
+        x = rgb.flip(0) if self.channel_order == "BGR" else rgb
+        x = x if self.scale_255 else x / 255
+        return (x - x.new_tensor(self.mean).view(3, 1, 1)) / x.new_tensor(self.std).view(3, 1, 1)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -46,6 +72,34 @@ class InputSpec:
         d = dict(d)
         d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
         return cls(**d)
+
+
+class LossOutput(NamedTuple):
+    """What a detector's train-mode forward returns. ``losses``: named scalars, each already
+    multiplied by its weight; the training loss is their sum (``total()``). ``logs``: detached
+    scalars that are reported, never optimised (matching statistics, unweighted parts such as
+    DINO's ``loss_xy``); a log may be named ``loss*``. A NamedTuple, so that DDP finds the
+    tensors inside (``torch.utils._pytree`` flattens it)."""
+
+    losses: dict[str, Tensor]
+    logs: dict[str, Tensor]
+
+    @classmethod
+    def weigh(cls, terms: dict[str, Tensor], weight_dict: dict[str, float]) -> "LossOutput":
+        """A criterion's unweighted ``terms`` -> the ones ``weight_dict`` names, times their
+        weight, as losses, and the others, detached, as logs."""
+        missing = sorted(set(weight_dict) - set(terms))
+        if missing:
+            raise KeyError(f"the criterion returned no {missing}, which its weight_dict weighs")
+        losses = {k: v * weight_dict[k] for k, v in terms.items() if k in weight_dict}
+        logs = {k: v.detach() for k, v in terms.items() if k not in weight_dict}
+        return cls(losses, logs)
+
+    def total(self) -> Tensor:
+        """The training loss: the sum of the weighted losses."""
+        if not self.losses:
+            raise ValueError("LossOutput has no losses to sum")
+        return sum(self.losses.values())
 
 
 class Detector(nn.Module):
@@ -88,26 +142,16 @@ class Detector(nn.Module):
         return [rescale(d, tuple(s.tolist()), o) for d, s, o in zip(dets, sizes, orig_sizes)]
 
     def prepare(self, images: Sequence[ImageLike]) -> tuple[Tensor, Tensor, list[tuple[int, int]]]:
-        """Raw images -> (normalized padded batch [B, 3, H, W], sizes [B, 2], original sizes)."""
+        """Raw images -> (normalized padded batch [B, 3, H, W], sizes [B, 2], original sizes),
+        each image resized by ``resize_to_spec`` and normalized by ``input_spec.normalize``."""
         spec = self.input_spec
-        tensors, sizes, orig = [], [], []
-        mean = torch.tensor(spec.mean).view(3, 1, 1)
-        std = torch.tensor(spec.std).view(3, 1, 1)
+        tensors, orig = [], []
         for image in images:
-            rgb = load_rgb(image)
-            h, w = rgb.shape[-2:]
-            orig.append((int(h), int(w)))
-            nh, nw = resized_hw(h, w, spec.min_size, spec.max_size)
-            x = rgb.float()
-            if (nh, nw) != (h, w):
-                x = torch.nn.functional.interpolate(x[None], size=(nh, nw), mode="bilinear",
-                                                    align_corners=False, antialias=True)[0]
-            if spec.channel_order == "BGR":
-                x = x.flip(0)
-            x = x if spec.scale_255 else x / 255
-            tensors.append((x - mean) / std)
-            sizes.append((nh, nw))
-        return pad_images(tensors, spec.size_divisibility), torch.tensor(sizes), orig
+            rgb = load_rgb(image).float()                                            # [3, h, w]
+            orig.append((int(rgb.shape[1]), int(rgb.shape[2])))
+            tensors.append(spec.normalize(resize_to_spec(rgb, spec)))
+        sizes = torch.tensor([list(x.shape[-2:]) for x in tensors])
+        return pad_images(tensors, spec.size_divisibility), sizes, orig
 
     @torch.no_grad()
     def predict(self, inputs: ImageLike | Iterable[ImageLike], batch_size: int = 4) -> list[Detections]:
@@ -136,6 +180,21 @@ class Detector(nn.Module):
             images, sizes, orig = self.prepare(inputs[start:start + batch_size])
             out += [d.to("cpu") for d in self.detect(images.to(device), sizes.to(device), orig)]
         return out
+
+
+def resize_to_spec(rgb: Tensor, spec: InputSpec) -> Tensor:
+    """Float [3, h, w] -> the model's input size: a ``max_size`` square, plain bilinear as
+    YOLACT's official transform, when ``spec.square``; else shorter side to ``min_size`` with the
+    longer capped at ``max_size`` (``resized_hw``), antialiased bilinear."""
+    h, w = rgb.shape[-2:]
+    if spec.square:
+        size, antialias = (spec.max_size, spec.max_size), False
+    else:
+        size, antialias = resized_hw(h, w, spec.min_size, spec.max_size), True
+    if size == (h, w):
+        return rgb
+    return torch.nn.functional.interpolate(rgb[None], size=size, mode="bilinear", align_corners=False,
+                                           antialias=antialias)[0]
 
 
 def as_float32(tree: Any) -> Any:

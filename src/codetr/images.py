@@ -20,6 +20,7 @@ transforms.
 """
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -123,23 +124,28 @@ def load_rgb(image: ImageLike) -> Tensor:
 
 
 def resized_hw(h: int, w: int, min_size: int, max_size: int) -> tuple[int, int]:
-    """DETR's resize rule: shorter side to ``min_size`` unless the longer side would exceed
-    ``max_size``, in which case the longer side becomes ``max_size`` (rounded as official).
+    """(h, w) -> the resized (h, w) of DETR's resize rule: scale the shorter side to
+    ``min_size``; if the longer side would then exceed ``max_size``, the shorter side becomes
+    ``max_size * short / long`` rounded to the nearest integer (halves to even) instead. The
+    longer side follows the aspect ratio, rounded down. So the longer side can overshoot
+    ``max_size`` by up to half the aspect ratio (long / short), as official.
+
     Extreme aspect ratios (e.g. 340:1), where the shorter side comes out at 1 px (or under),
-    get a 1 px shorter side and the longer side capped at ``max_size``: aspect not kept."""
+    get a 1 px shorter side and the longer side capped at ``max_size``: aspect not kept.
+
+    Computed exactly on integers. Equal to the official float arithmetic while sides and sizes
+    stay under 2**26: a float quotient is then never within its rounding error of a rounding
+    boundary without being exactly on it, and on it both give the same sizes."""
     if h < 1 or w < 1:
         raise ValueError(f"cannot resize an image of {h}x{w} (h x w) pixels")
-    short, long = min(h, w), max(h, w)
-    size = min_size
-    if long / short * size > max_size:
-        size = max(1, int(round(max_size * short / long)))
-    if (w <= h and w == size) or (h <= w and h == size):
-        new_short, new_long = short, long
-    else:
-        new_short, new_long = size, int(size * long / short)
+    short, long = sorted((h, w))
+    new_short = min_size
+    if long * min_size > max_size * short:                                # longer side over the cap
+        new_short = max(1, round(Fraction(max_size * short, long)))
+    new_long = new_short * long // short
     if new_short == 1:
         new_long = min(new_long, max_size)
-    return (new_long, new_short) if w < h else (new_short, new_long)
+    return (new_long, new_short) if h > w else (new_short, new_long)
 
 
 def _one_line(error: BaseException) -> str:

@@ -1,15 +1,31 @@
-"""Loss functions shared by the families. Normalisers are arguments, never hidden."""
+"""Loss functions shared by the families, element-wise: callers sum and normalise."""
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 
 def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
-    """Element-wise focal loss (Lin et al. 2017, Eq. 5): -alpha_t (1 - p_t)^gamma log(p_t).
-    ``targets`` is a {0, 1} (or soft) tensor shaped like ``logits``; alpha < 0 disables weighting."""
-    prob = logits.sigmoid()
+    """Element-wise focal loss (Lin et al. 2017, Eq. 5): -alpha_t (1 - p_t)^gamma log(p_t), with
+    p = sigmoid(logits). ``targets`` is a {0, 1} (or soft) tensor shaped like ``logits``; alpha < 0
+    disables the weighting."""
     ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    return focal_modulation(logits.sigmoid(), targets, ce, alpha, gamma)
+
+
+def focal_loss_on_probs(probs: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """The focal loss on probabilities rather than logits (DeFCN's score is a product of two
+    sigmoids, sigmoid(cls) * sigmoid(filter)). Computed in float32 (binary cross-entropy on
+    probabilities is not autocast-safe); log terms clamp at -100 as torch's BCE."""
+    with torch.autocast(probs.device.type, enabled=False):
+        probs, targets = probs.float(), targets.float()
+        ce = F.binary_cross_entropy(probs, targets, reduction="none")
+        return focal_modulation(probs, targets, ce, alpha, gamma)
+
+
+def focal_modulation(prob: Tensor, targets: Tensor, ce: Tensor, alpha: float, gamma: float) -> Tensor:
+    """The cross-entropy ``ce`` of probabilities ``prob`` times (1 - p_t)^gamma and alpha_t."""
     p_t = prob * targets + (1 - prob) * (1 - targets)
     loss = ce * (1 - p_t) ** gamma
     if alpha >= 0:

@@ -10,6 +10,7 @@ from PIL import Image
 from pycocotools.cocoeval import COCOeval
 
 from codetr.data import CocoDetection, detections_to_coco, eval_transforms
+from codetr.detector import InputSpec
 from codetr.structures import Detections
 
 from coco_samples import H1, W1, coco_dict, crowd_mask, rle_block, write_coco
@@ -42,7 +43,7 @@ def test_image_without_annotations(tiny_coco):
     _, t = ds[1]
     assert t.boxes.shape == (0, 4) and t.labels.shape == (0,) and t.iscrowd.shape == (0,)
     assert t.masks.shape == (0, 6, 8) and t.masks.dtype == torch.bool
-    x, t = CocoDetection(*tiny_coco, transforms=eval_transforms(12, 20), with_masks=True)[1]
+    x, t = CocoDetection(*tiny_coco, transforms=eval_transforms(InputSpec(min_size=12, max_size=20)), with_masks=True)[1]
     assert t.boxes.shape == (0, 4) and t.masks.shape == (0, 12, 16) and x.shape == (3, 12, 16)
 
 
@@ -140,7 +141,7 @@ def test_image_size_mismatch(tmp_path):
 
 
 def test_with_transforms_sets_size(tiny_coco):
-    ds = CocoDetection(*tiny_coco, transforms=eval_transforms(20, 100), with_masks=True)
+    ds = CocoDetection(*tiny_coco, transforms=eval_transforms(InputSpec(min_size=20, max_size=100)), with_masks=True)
     x, t = ds[0]
     assert x.dtype == torch.float32 and x.shape == (3, 20, 24)
     assert t.size == (20, 24) and t.orig_size == (H1, W1) and t.image_id == 1

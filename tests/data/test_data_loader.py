@@ -5,6 +5,7 @@ import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
 from codetr.data import CocoDetection, build_loader, collate, eval_transforms
+from codetr.detector import InputSpec
 from codetr.structures import Batch, Target
 
 
@@ -24,7 +25,7 @@ def test_collate_shapes_and_padding():
 
 
 def _dataset(synth_root):
-    return CocoDetection(synth_root["train_json"], synth_root["train_images"], transforms=eval_transforms(64, 100))
+    return CocoDetection(synth_root["train_json"], synth_root["train_images"], transforms=eval_transforms(InputSpec(min_size=64, max_size=100)))
 
 
 def test_build_loader_batches_and_seeded_shuffle(synth_root):

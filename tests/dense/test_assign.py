@@ -3,6 +3,7 @@ import itertools
 
 import torch
 
+from codetr.boxes import box_intersection, box_iou
 from codetr.dense.assign import (aux_topk_assign, center_region_mask, fcos_assign, inside_boxes, pairwise_iou,
                                  poto_assign, poto_quality)
 
@@ -88,3 +89,20 @@ def test_inside_and_iou():
         [[True, False]]
     assert torch.allclose(pairwise_iou(torch.tensor([[0.0, 0, 2, 2]]), torch.tensor([[1.0, 0, 3, 2]])),
                           torch.tensor([[1 / 3]]))
+
+
+def test_pairwise_iou_is_box_iou_with_zero_for_degenerate_predictions():
+    """Targets against predictions some of which are empty (a side 0) or inverted (a side < 0):
+    box_iou's values where the boxes intersect, 0 (never NaN or -0) elsewhere."""
+    gen = torch.Generator().manual_seed(3)
+    xy = torch.rand(30, 2, generator=gen) * 20
+    preds = torch.cat([xy, xy + torch.randn(30, 2, generator=gen) * 8], 1)
+    preds[::4, 2] = preds[::4, 0]                                        # zero width
+    preds[1] = torch.tensor([5.0, 5.0, 5.0, 5.0])                        # a point
+    targets = torch.tensor([[0.0, 0, 10, 10], [5, 5, 25, 15], [5.0, 5.0, 5.0, 5.0]])
+    iou = pairwise_iou(targets, preds)
+    plain = box_iou(targets, preds)
+    intersects = box_intersection(targets, preds) > 0
+    assert torch.equal(iou[intersects], plain[intersects]) and bool(intersects.any())
+    assert torch.equal(iou[~intersects], torch.zeros(int((~intersects).sum())))
+    assert not bool(iou.signbit().any()) and bool(plain.isnan().any())

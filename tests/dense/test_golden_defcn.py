@@ -12,7 +12,9 @@ from codetr.convert import load_official
 from codetr.convert.common import map_keys
 from codetr.convert.defcn import KEY_RULES
 from codetr.dense.assign import center_region_mask, pairwise_iou
-from codetr.dense.points import flatten_levels, ltrb_decode
+from codetr.detector import LossOutput
+from codetr.boxes import ltrb_decode
+from codetr.dense.points import flatten_levels
 from codetr.structures import Target
 from tests.conftest import golden
 
@@ -139,15 +141,15 @@ def test_losses_and_grads(model, fx, targets):
     model.train()
     try:
         model.zero_grad()
-        losses = model(fx["inputs"]["batched_normalized"], torch.tensor(fx["inputs"]["image_sizes_hw"]), targets)
-        sum(v for k, v in losses.items() if k.startswith("loss")).backward()
+        out = model(fx["inputs"]["batched_normalized"], torch.tensor(fx["inputs"]["image_sizes_hw"]), targets)
+        out.total().backward()
     finally:
         model.eval()
     ref = fx["train"]["losses"]
     for key in ["loss_cls", "loss_box_reg", "loss_cls_aux"]:
-        torch.testing.assert_close(losses[key], ref[key], rtol=2e-5, atol=0)
-    assert float(losses["num_fg_per_gt"]) == fx["train"]["event_scalars"]["num_fg_per_gt"]
-    assert float(losses["num_fg_per_gt_aux"]) == fx["train"]["event_scalars"]["num_fg_per_gt_aux"]
+        torch.testing.assert_close(out.losses[key], ref[key], rtol=2e-5, atol=0)
+    assert float(out.logs["num_fg_per_gt"]) == fx["train"]["event_scalars"]["num_fg_per_gt"]
+    assert float(out.logs["num_fg_per_gt_aux"]) == fx["train"]["event_scalars"]["num_fg_per_gt_aux"]
     # Gradients are chaotic here (ReLUs and the 3D max switch): 1e-6 relative noise on the input
     # alone moves our own bbox-tower grads by up to 20% of their max. Measured vs official: <= 1.3%.
     mapped, _ = map_keys(fx["train"]["grads"], KEY_RULES)
@@ -158,9 +160,10 @@ def test_losses_and_grads(model, fx, targets):
 
 
 def test_loss_formulas_on_official_outputs(model, fx, targets):
-    """The criterion alone on the stored head outputs (no backbone noise)."""
+    """The criterion alone on the stored head outputs (no backbone noise), weighted."""
     cls, delta, filt = _flat(model, fx)
-    losses = model.criterion(cls, delta, filt, fx["shifts"], targets)
+    terms = model.criterion(cls, delta, filt, fx["shifts"], targets)
+    losses = LossOutput.weigh(terms, model.criterion.weight_dict).losses
     ref = fx["train"]["losses"]
     for key in ["loss_cls", "loss_box_reg", "loss_cls_aux"]:
         torch.testing.assert_close(losses[key], ref[key], rtol=1e-6, atol=0)

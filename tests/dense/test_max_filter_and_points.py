@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from codetr.dense.max_filter import MaxFiltering3D
-from codetr.dense.points import flatten_levels, level_points, ltrb_decode, ltrb_encode
+from codetr.boxes import ltrb_decode, ltrb_encode
+from codetr.dense.points import flatten_levels, level_points
 
 
 def naive_max_filter(module: MaxFiltering3D, inputs: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -13,27 +13,28 @@ from tests.processes import free_port, run_processes
 def _worker(rank: int, port: int, data_dir: str, out_dir: str) -> None:
     from codetr.commands import run
     from codetr.config import apply_overrides
+    from codetr import distributed as du
     from codetr.detr import criterion
-    from codetr.engine import distributed as du
-    from codetr.zoo import recipe
+    from codetr.recipes import recipe
 
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     normalisers = []  # (normaliser, this rank's box count) per criterion call
-    original = criterion.average_num_boxes
+    original = criterion.box_normaliser
 
-    def recording(targets, device):
-        value = original(targets, device)
+    def recording(targets):
+        value = original(targets)
         normalisers.append((value, sum(len(t["labels"]) for t in targets)))
         return value
 
-    criterion.average_num_boxes = recording
+    criterion.box_normaliser = recording
     try:
         cfg = replace(recipe("deformable_detr_tiny"), out_dir=out_dir)
         cfg = apply_overrides(cfg, [f"data.path={data_dir}", "train.epochs=1", "train.eval_every=1",
                                     "train.batch_size=2", "data.num_workers=0", "data.train_scales=[64]",
-                                    "data.max_size=80", "data.eval_min_size=64", "data.eval_max_size=80",
+                                    "data.max_size=80", "model_args.input_spec.min_size=64",
+                                    "model_args.input_spec.max_size=80",
                                     "model_args.hidden_dim=64", "model_args.enc_layers=1",
                                     "model_args.dec_layers=2", "model_args.ffn_dim=64", "model_args.num_queries=10"])
         trainer = run(cfg)

@@ -28,8 +28,8 @@ def test_train_and_eval_outputs(variant):
     images, sizes, targets = batch()
     losses = model(images, sizes, targets)
     expected = {"loss_ce", "loss_bbox", "loss_giou", "loss_ce_0"} | ({"loss_ce_enc"} if variant["two_stage"] else set())
-    assert expected <= set(losses)
-    total = sum(v for k, v in losses.items() if k.startswith("loss"))
+    assert expected <= set(losses.losses) and {"class_error", "cardinality_error_0"} <= set(losses.logs)
+    total = losses.total()
     total.backward()
     assert torch.isfinite(total)
     assert model.backbone.body.conv1.weight.grad.abs().sum() > 0  # the signal reaches the backbone
@@ -44,9 +44,9 @@ def test_batch_without_any_object_trains():
     model = codetr.create("deformable_detr_tiny", num_classes=3, **SMALL)
     images, sizes, targets = batch((0, 0))
     losses = model(images, sizes, targets)
-    total = sum(v for k, v in losses.items() if k.startswith("loss"))
+    total = losses.total()
     total.backward()
-    assert torch.isfinite(total) and losses["loss_bbox"] == 0
+    assert torch.isfinite(total) and losses.losses["loss_bbox"] == 0
 
 
 def test_crowd_boxes_are_not_matched():
@@ -54,7 +54,7 @@ def test_crowd_boxes_are_not_matched():
     images, sizes, targets = batch((2, 2))
     crowd = [Target(t.boxes, t.labels, iscrowd=torch.ones(2, dtype=torch.bool)) for t in targets]
     losses = model(images, sizes, crowd)
-    assert losses["loss_bbox"] == 0
+    assert losses.losses["loss_bbox"] == 0
 
 
 def test_predict_returns_original_pixels():
@@ -86,7 +86,7 @@ def test_overfits_two_images():
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     first = None
     for _ in range(100):
-        loss = sum(v for k, v in model(images, sizes, targets).items() if k.startswith("loss"))
+        loss = model(images, sizes, targets).total()
         first = first if first is not None else loss.item()
         opt.zero_grad()
         loss.backward()
@@ -139,5 +139,5 @@ def test_class_aware_proposals_use_real_labels_and_best_class():
     model.eval()
     with torch.no_grad():
         images, sizes, _ = batch()
-        sel = model.forward_raw(images, sizes)["_inter"]
-    torch.testing.assert_close(sel["selection_scores"], model.forward_raw(images, sizes)["enc_outputs"]["pred_logits"].max(-1)[0])
+        out = model.forward_raw(images, sizes)
+    torch.testing.assert_close(out["_inter"].selection.scores, out["enc_outputs"]["pred_logits"].max(-1)[0])

@@ -153,6 +153,6 @@ def test_train_forward_loss(model_and_out, fx):
             losses = model(fx["inputs"]["samples_tensor"], fx["inputs"]["image_sizes"], official_targets(fx))
     finally:
         model.eval()
-    total = sum(v for k, v in losses.items() if k.startswith("loss"))
+    total = losses.total()
     torch.testing.assert_close(total.float(), cr["total_loss"].float() if torch.is_tensor(cr["total_loss"])
                                else torch.tensor(float(cr["total_loss"])), rtol=1e-5, atol=1e-5)

@@ -217,6 +217,6 @@ def test_train_forward_total_loss(model_and_out, fx):
             losses = model(fx["inputs"]["samples_tensor"], fx["inputs"]["image_sizes"], official_targets(fx))
     finally:
         model.eval()
-    assert {k for k in losses if k.startswith("loss")} == set(model.criterion.weight_dict)
-    total = sum(v for k, v in losses.items() if k.startswith("loss"))
+    assert set(losses.losses) == set(model.criterion.weight_dict)
+    total = losses.total()
     torch.testing.assert_close(total.float(), cr["total_loss"].float(), rtol=1e-5, atol=1e-5)

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from codetr.config import DataConfig, RunConfig, TrainConfig
-from codetr.detector import Detector, pad_images
+from codetr.detector import Detector, LossOutput, pad_images
 from codetr.structures import Batch, ClassInfo, Detections, Target
 
 CATEGORY_IDS = [3, 7]  # non-contiguous on purpose
@@ -87,7 +87,7 @@ class TinyDetector(Detector):
         self.frozen = nn.Parameter(torch.ones(1), requires_grad=False)
         self.config = {"dropout": dropout}
 
-    def forward(self, images: Tensor, sizes: Tensor, targets: list[Target] | None = None) -> dict:
+    def forward(self, images: Tensor, sizes: Tensor, targets: list[Target] | None = None) -> dict | LossOutput:
         feats = F.adaptive_avg_pool2d(self.backbone(images).relu(), 4).flatten(1)  # [B, 128]
         feats = self.dropout(feats)
         boxes = self.box_head(feats).sigmoid().view(-1, 2, 4)                     # [B, 2, 4] xyxy / size
@@ -99,7 +99,7 @@ class TinyDetector(Detector):
         labels = torch.stack([t.labels for t in targets])
         l1 = (boxes - gt).abs().mean()
         ce = F.cross_entropy(logits.flatten(0, 1), labels.flatten())
-        return {"loss_bbox": 5 * l1, "loss_ce": ce, "l1": l1.detach()}
+        return LossOutput({"loss_bbox": 5 * l1, "loss_ce": ce}, {"l1": l1.detach()})
 
     def postprocess(self, outputs: dict, sizes: Tensor) -> list[Detections]:
         probs = outputs["pred_logits"].softmax(-1)

@@ -1,12 +1,14 @@
-"""Two CPU processes (gloo) train through train() with DistributedDataParallel and evaluate."""
+"""Two CPU processes (gloo) train through train() with DistributedDataParallel and evaluate;
+the metrics of ranks that log different keys."""
 import json
+import math
 import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from codetr.engine import distributed as du
+from codetr import distributed as du
 from tests.processes import free_port, run_processes
 
 
@@ -14,6 +16,8 @@ def test_single_process_helpers():
     assert not du.init_distributed() and du.world_size() == 1 and du.is_main()
     assert du.all_gather_object({"a": 1}) == [{"a": 1}]
     assert torch.equal(du.all_reduce_mean(torch.tensor([2.0])), torch.tensor([2.0]))
+    assert du.mean_count_over_ranks(torch.tensor(3)) == 3.0 and du.mean_count_over_ranks(0) == 1.0
+    assert du.nanmean_over_ranks(torch.tensor([1.0, math.nan])).isnan().tolist() == [False, True]
     du.barrier()
     du.cleanup()
 
@@ -65,3 +69,35 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert (tmp_path / "last.ckpt").is_file() and "AP" in summary["best"]
     resumed = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in resumed] == [r["loss"] for r in records if r["type"] == "train"]
+
+
+def _flush_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    """MetricsLogger.flush on two ranks that log different keys (rank 0 ``a_rank0``, rank 1
+    ``z_rank1``) and a shared ``loss``."""
+    from types import SimpleNamespace
+
+    from codetr.engine.trainer import MetricsLogger
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    du.init_distributed()
+    try:
+        records: list[dict] = []
+        logger = MetricsLogger()
+        logger.trainer = SimpleNamespace(global_step=2, epoch=0, iter=2, lr=0.1, total_iters=4, log=records.append)
+        logger.before_train()
+        only = {"a_rank0": 1.0} if rank == 0 else {"z_rank1": 3.0}
+        logger.window = [{"loss": 1.0 + rank, **only}, {"loss": 2.0 + rank, **only}]
+        logger.flush()
+        logger.bar.close()
+        if du.is_main():
+            Path(out_dir, "record.json").write_text(json.dumps(records[0]))
+    finally:
+        du.cleanup()
+
+
+def test_ranks_logging_different_keys_do_not_mix(tmp_path):
+    """Each key is averaged over the ranks that logged it, whatever the other ranks log."""
+    run_processes(_flush_worker, (2, free_port(), str(tmp_path)), timeout_s=60)
+    record = json.loads((tmp_path / "record.json").read_text())
+    assert (record["a_rank0"], record["z_rank1"], record["loss"]) == (1.0, 3.0, 2.0)

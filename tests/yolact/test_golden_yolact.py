@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from codetr.convert import load_official
+from codetr.detector import LossOutput
 from codetr.structures import Target
 from codetr.yolact.fast_nms import NMSResult
 from codetr.yolact.loss import LossTargets
@@ -138,20 +139,21 @@ def test_loss_matching_and_ohem(model, inputs):
     ref = golden(D + "loss.pt")
     preds = {k: v.clone().requires_grad_(k != "priors")
              for k, v in golden(D + "train_outputs.pt")["pred_train_mode"].items()}
-    out = model.criterion(preds, loss_targets_from_golden(inputs))
+    targets = loss_targets_from_golden(inputs)
+    out = LossOutput.weigh(model.criterion(preds, targets), model.criterion.weight_dict)
     for ours, theirs in LOSS_KEYS.items():
-        close(out[ours], ref["losses"][theirs], 1e-5)
-    sum(v for k, v in out.items() if k.startswith("loss")).backward()
+        close(out.losses[ours], ref["losses"][theirs], 1e-5)
+    out.total().backward()
     for key, grad in ref["grads_of_total_wrt_predictions"].items():
         close(preds[key].grad, grad, 1e-6)
-    match = ref["match"]
-    for b, m in enumerate(out["_match"]):
+    match, assignment = ref["match"], model.criterion.assign(preds, targets)
+    for b, m in enumerate(assignment.matches):
         positive = match["conf_t"][b] > 0
         assert torch.equal(m.labels, match["conf_t"][b])
         assert torch.equal(m.truth_index[positive], match["idx_t"][b][positive])
         close(m.loc[positive], match["loc_t"][b][positive], 1e-6)
-    assert torch.equal(out["_ohem_negatives"], match["ohem_neg"])
-    assert [int(n) for n in out["_ohem_negatives"].sum(1)] == match["summary_num_neg_selected"]
+    assert torch.equal(assignment.negatives, match["ohem_neg"])
+    assert [int(n) for n in assignment.negatives.sum(1)] == match["summary_num_neg_selected"]
 
 
 def test_train_forward_with_targets(model, inputs):
@@ -163,11 +165,11 @@ def test_train_forward_with_targets(model, inputs):
         labels = t[:, 4].long().clamp(min=0)
         targets.append(Target(t[:, :4] * 256, labels, size=(256, 256), iscrowd=crowd, masks=masks.bool()))
     net = copy.deepcopy(model).train()
-    losses = net(inputs["img_fast"], torch.tensor([[256, 256]] * 2), targets)
+    out = net(inputs["img_fast"], torch.tensor([[256, 256]] * 2), targets)
     ref = golden(D + "loss.pt")["losses"]
-    assert set(losses) == set(LOSS_KEYS)
+    assert set(out.losses) == set(LOSS_KEYS) and not out.logs
     for ours, theirs in LOSS_KEYS.items():
-        torch.testing.assert_close(losses[ours].detach(), ref[theirs], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(out.losses[ours].detach(), ref[theirs], rtol=1e-4, atol=1e-4)
 
 
 def test_predict_matches_official_preprocessing(model, inputs):

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from codetr.assign.prior_match import decode_boxes, encode_boxes, match_priors
+from codetr.assign.prior_match import forced_pairs, match_priors, prior_states
+from codetr.boxes import ssd_decode, ssd_encode
 from codetr.yolact.priors import make_priors
 
 
@@ -60,7 +61,7 @@ def test_match_equals_brute_force(seed, with_crowd):
     assert torch.equal(m.labels, want_labels)
     positive = m.labels > 0
     assert torch.equal(m.truth_index[positive], want_truth[positive])
-    assert torch.allclose(m.loc[positive], encode_boxes(truths[m.truth_index[positive]], PRIORS[positive]))
+    assert torch.allclose(m.loc[positive], ssd_encode(truths[m.truth_index[positive]], PRIORS[positive]))
 
 
 def test_every_truth_gets_a_prior_even_below_threshold():
@@ -83,11 +84,11 @@ def test_crowd_makes_background_neutral_but_not_positives():
 def test_encode_decode_round_trip():
     g = torch.Generator().manual_seed(0)
     boxes = random_boxes(len(PRIORS), g)
-    assert torch.allclose(decode_boxes(encode_boxes(boxes, PRIORS), PRIORS), boxes, atol=1e-6)
+    assert torch.allclose(ssd_decode(ssd_encode(boxes, PRIORS), PRIORS), boxes, atol=1e-6)
     # a zero offset decodes to the prior itself
     cx, cy, w, h = PRIORS.unbind(1)
     corners = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)
-    assert torch.allclose(decode_boxes(torch.zeros_like(PRIORS), PRIORS), corners)
+    assert torch.allclose(ssd_decode(torch.zeros_like(PRIORS), PRIORS), corners)
 
 
 def test_priors_order_and_square_anchors():
@@ -98,3 +99,61 @@ def test_priors_order_and_square_anchors():
     assert torch.allclose(p[1, 2:], torch.tensor([0.1 * 0.5 ** 0.5] * 2))        # square: h = w
     q = make_priors([(2, 3)], [[10]], [1, 0.5, 2], 100, square_anchors=False)
     assert torch.allclose(q[1, 2:], torch.tensor([0.1 * 0.5 ** 0.5, 0.1 / 0.5 ** 0.5]))
+
+
+def readable_states(iou, pos=0.5, neg=0.4):
+    """The rule over a plain IoU table: each prior's best truth and threshold state; then,
+    while truths and priors remain, the highest (truth, prior) pair (first truth, then first
+    prior on ties) is forced positive and both leave. -> (truth per prior, state per prior)."""
+    table = iou.tolist()
+    num_truths, num_priors = len(table), len(table[0])
+    truth_of = [max(range(num_truths), key=lambda g: (table[g][p], -g)) for p in range(num_priors)]
+    state = []
+    for p in range(num_priors):
+        best = table[truth_of[p]][p]
+        state.append(0 if best < neg else (1 if best >= pos else -1))
+    free_truths, free_priors = set(range(num_truths)), set(range(num_priors))
+    while free_truths and free_priors:
+        g, p = max(((g, p) for g in free_truths for p in free_priors),
+                   key=lambda gp: (table[gp[0]][gp[1]], -gp[0], -gp[1]))
+        truth_of[p], state[p] = g, 1
+        free_truths.remove(g)
+        free_priors.remove(p)
+    return torch.tensor(truth_of), torch.tensor(state)
+
+
+# truths 0 and 1 share their best prior 0; 1 overlaps it more, so 0 is forced onto prior 1
+# (IoU 0.3, below both thresholds); truth 2 takes prior 3; prior 2 is neutral (0.45 with
+# truth 1), prior 4 background (0.3 with truth 2)
+HAND_MADE = torch.tensor([[0.6, 0.3, 0.0, 0.1, 0.0],
+                          [0.7, 0.2, 0.45, 0.0, 0.0],
+                          [0.0, 0.0, 0.1, 0.35, 0.3]])
+
+
+def test_forced_pairs_on_a_hand_made_table():
+    truths, priors = forced_pairs(HAND_MADE)
+    assert list(zip(truths.tolist(), priors.tolist())) == [(1, 0), (2, 3), (0, 1)]   # in matching order
+    truth_index, state = prior_states(HAND_MADE, 0.5, 0.4)
+    assert truth_index.tolist() == [1, 0, 1, 2, 2] and state.tolist() == [1, 1, -1, 1, 0]
+    want_truth, want_state = readable_states(HAND_MADE)
+    assert torch.equal(truth_index, want_truth) and torch.equal(state, want_state)
+
+
+def test_forced_pairs_break_ties_by_truth_then_prior():
+    tied = torch.tensor([[0.5, 0.5, 0.2],
+                         [0.5, 0.5, 0.2]])
+    truths, priors = forced_pairs(tied)
+    assert list(zip(truths.tolist(), priors.tolist())) == [(0, 0), (1, 1)]
+    # more truths than priors: the ones beyond the last prior get no forced prior
+    truths, priors = forced_pairs(tied.t())
+    assert list(zip(truths.tolist(), priors.tolist())) == [(0, 0), (1, 1)]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_prior_states_equal_readable_loop_on_tied_tables(seed):
+    g = torch.Generator().manual_seed(seed)
+    num_truths, num_priors = 1 + seed % 5, [3, 7, 12][seed % 3]
+    iou = torch.randint(0, 6, (num_truths, num_priors), generator=g) / 10   # few values: many ties
+    truth_index, state = prior_states(iou, 0.5, 0.4)
+    want_truth, want_state = readable_states(iou)
+    assert torch.equal(state, want_state) and torch.equal(truth_index, want_truth)

@@ -49,10 +49,10 @@ def test_eval_outputs_official_names_and_shapes(model):
 def test_training_step_reaches_every_part(model):
     model.train()
     model.zero_grad()
-    losses = model(torch.randn(2, 3, 64, 64), torch.tensor([[64, 64]] * 2), targets())
-    assert set(losses) == {"loss_box", "loss_conf", "loss_mask", "loss_segm"}
-    assert all(bool(torch.isfinite(v)) and float(v.detach()) > 0 for v in losses.values())
-    sum(losses.values()).backward()
+    out = model(torch.randn(2, 3, 64, 64), torch.tensor([[64, 64]] * 2), targets())
+    assert set(out.losses) == {"loss_box", "loss_conf", "loss_mask", "loss_segm"} and not out.logs
+    assert all(bool(torch.isfinite(v)) and float(v.detach()) > 0 for v in out.losses.values())
+    out.total().backward()
     for name in ("backbone.body.conv1.weight", "fpn.lateral.0.weight", "proto_net.out.weight",
                  "head.conf_layer.weight", "semantic_seg_conv.weight"):
         assert model.get_parameter(name).grad.abs().sum() > 0, name
@@ -67,9 +67,9 @@ def test_training_step_under_bf16_autocast_matches_float32(model):
     torch.manual_seed(1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         mixed = model(images, sizes, targets())
-    for name, value in full.items():
-        assert bool(torch.isfinite(mixed[name])), name
-        torch.testing.assert_close(mixed[name].float(), value, rtol=0.1, atol=0.05)
+    for name, value in full.losses.items():
+        assert bool(torch.isfinite(mixed.losses[name])), name
+        torch.testing.assert_close(mixed.losses[name].float(), value, rtol=0.1, atol=0.05)
 
 
 def test_loss_targets_relative_to_padded_batch():

@@ -1,18 +1,21 @@
-"""SSD / YOLACT prior matching and the box coder with variances (0.1, 0.2).
+"""Prior (anchor) matching of SSD and YOLACT (Liu et al. 2016, Sec. 2.2 "Matching strategy",
+with YOLACT's neutral band and crowd boxes), as pure functions of an IoU matrix.
 
-Boxes here are *relative* (divided by the network input's width and height); priors are
-relative ``(cx, cy, w, h)``; ground truth is relative xyxy.
+Boxes are *relative* (divided by the network input's width and height); priors are relative
+``(cx, cy, w, h)``; ground truth is relative xyxy. The rule, for G truths and P priors:
 
-Matching (Liu et al. 2016, Sec. 2.2, as YOLACT's ``match``):
+1. forced matches: every truth gets a prior of its own, chosen greedily: the (truth, prior)
+   pair of highest IoU is matched, both leave the table, repeat. This holds even below the
+   thresholds, and when two truths share a best prior the weaker one takes its next best.
+   Ties go to the lower truth index, then the lower prior index; if G > P, the truths beyond
+   the P-th forced pair get no forced prior;
+2. every other prior takes the truth it overlaps most (ties: lower truth index) and is
+   positive if that IoU >= ``pos_threshold``, background if < ``neg_threshold``, neutral
+   (ignored by the loss) in between;
+3. a prior that is not positive becomes neutral when a crowd box covers more than
+   ``crowd_threshold`` of it (intersection / prior area).
 
-1. every prior takes the ground truth it overlaps most;
-2. every ground truth is then forced onto its best prior, greedily: repeatedly the
-   (truth, prior) pair of highest IoU among the truths and priors not yet forced wins, its
-   prior gets that truth with overlap 2 (so it is positive);
-3. overlap >= ``pos_threshold``: positive (label + 1); < ``neg_threshold``: background (0);
-   in between: neutral (-1);
-4. a non-positive prior that a crowd box covers (intersection / prior area) more than
-   ``crowd_threshold`` becomes neutral.
+The regression targets are ``boxes.ssd_encode`` of each prior's truth.
 """
 from __future__ import annotations
 
@@ -21,39 +24,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..boxes import cxcywh_to_xyxy
+from ..boxes import box_coverage, box_iou, cxcywh_to_xyxy
+# the SSD coder under the names this module has always exported (yolact.py decodes with it)
+from ..boxes import ssd_encode
 
-VARIANCES = (0.1, 0.2)
-
-
-def encode_boxes(matched: Tensor, priors: Tensor, variances: tuple[float, float] = VARIANCES) -> Tensor:
-    """matched [N, 4] relative xyxy, priors [N, 4] relative cxcywh -> regression targets [N, 4]:
-    ((c - c_p) / (v0 * wh_p), log(wh / wh_p) / v1)."""
-    centre = (matched[:, :2] + matched[:, 2:]) / 2 - priors[:, :2]
-    centre = centre / (variances[0] * priors[:, 2:])
-    size = torch.log((matched[:, 2:] - matched[:, :2]) / priors[:, 2:]) / variances[1]
-    return torch.cat([centre, size], 1)
-
-
-def decode_boxes(loc: Tensor, priors: Tensor, variances: tuple[float, float] = VARIANCES) -> Tensor:
-    """Inverse of ``encode_boxes``: loc [N, 4], priors [N, 4] cxcywh -> relative xyxy [N, 4]."""
-    centre = priors[:, :2] + loc[:, :2] * variances[0] * priors[:, 2:]
-    size = priors[:, 2:] * torch.exp(loc[:, 2:] * variances[1])
-    top_left = centre - size / 2
-    return torch.cat([top_left, top_left + size], 1)
-
-
-def pairwise_overlap(a: Tensor, b: Tensor, over_a: bool = False) -> Tensor:
-    """[..., N, 4] x [..., M, 4] xyxy -> [..., N, M] IoU, or intersection / area(a) with
-    ``over_a`` (how much of each ``a`` box a crowd box ``b`` covers)."""
-    top_left = torch.max(a[..., :, None, :2], b[..., None, :, :2])
-    bottom_right = torch.min(a[..., :, None, 2:], b[..., None, :, 2:])
-    inter = (bottom_right - top_left).clamp(min=0).prod(-1)
-    area_a = ((a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1]))[..., :, None]
-    if over_a:
-        return inter / area_a
-    area_b = ((b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1]))[..., None, :]
-    return inter / (area_a + area_b - inter)
+POSITIVE, NEUTRAL, BACKGROUND = 1, -1, 0
 
 
 @dataclass
@@ -67,27 +42,55 @@ class PriorMatch:
     loc: Tensor
 
 
+def forced_pairs(iou: Tensor) -> tuple[Tensor, Tensor]:
+    """Rule 1 as greedy bipartite matching on pairs sorted by IoU. iou [G, P] -> (truth
+    indices [F], prior indices [F]), F = min(G, P), in the order they were matched.
+
+    Only each truth's k = F best priors (ties: all of them) can be its forced prior, as at most
+    F - 1 priors are taken before it, so the sort runs over those candidates only."""
+    num_truths, num_priors = iou.shape
+    k = min(num_truths, num_priors)
+    if k == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=iou.device)
+        return empty, empty
+    kth_best = iou.topk(k, dim=1).values[:, -1:]                          # [G, 1]
+    truth, prior = (iou >= kth_best).nonzero(as_tuple=True)               # [Q] each, by truth then prior
+    # stable: equal IoUs stay in (truth, prior) order, the tie rule
+    order = iou[truth, prior].sort(descending=True, stable=True).indices
+    used_truths, used_priors, pairs = set(), set(), []
+    for t, p in zip(truth[order].tolist(), prior[order].tolist()):
+        if t not in used_truths and p not in used_priors:
+            used_truths.add(t)
+            used_priors.add(p)
+            pairs.append((t, p))
+            if len(pairs) == k:
+                break
+    truths, priors = torch.tensor(pairs, dtype=torch.long, device=iou.device).unbind(1)
+    return truths, priors
+
+
+def prior_states(iou: Tensor, pos_threshold: float, neg_threshold: float) -> tuple[Tensor, Tensor]:
+    """Rules 1-2. iou [G, P] (G >= 1) -> (truth index [P], state [P]: POSITIVE, NEUTRAL or
+    BACKGROUND)."""
+    best_iou, truth_index = iou.max(dim=0)                                # [P] each
+    forced_truth, forced_prior = forced_pairs(iou)
+    truth_index[forced_prior] = forced_truth
+    forced = torch.zeros_like(best_iou, dtype=torch.bool)
+    forced[forced_prior] = True
+    state = torch.where(best_iou >= pos_threshold, POSITIVE, NEUTRAL)
+    state = torch.where(best_iou < neg_threshold, BACKGROUND, state)      # neg wins over pos
+    return truth_index, torch.where(forced, POSITIVE, state)
+
+
 def match_priors(truths: Tensor, labels: Tensor, priors: Tensor, crowd_boxes: Tensor | None = None,
                  pos_threshold: float = 0.5, neg_threshold: float = 0.4,
                  crowd_threshold: float = 0.7) -> PriorMatch:
     """truths [G, 4] relative xyxy (G >= 1), labels [G] 0-based, priors [P, 4] relative cxcywh,
     crowd_boxes [K, 4] relative xyxy or None. See the module docstring for the rules."""
-    prior_boxes = cxcywh_to_xyxy(priors)
-    overlaps = pairwise_overlap(truths, prior_boxes)                  # [G, P]
-    best_overlap, best_truth = overlaps.max(0)                        # [P]
-    forced = overlaps.clone()
-    for _ in range(truths.shape[0]):
-        best_prior_overlap, best_prior = forced.max(1)                # [G]
-        truth = best_prior_overlap.argmax()
-        prior = best_prior[truth]
-        forced[:, prior] = -1
-        forced[truth, :] = -1
-        best_overlap[prior] = 2
-        best_truth[prior] = truth
-    conf = labels[best_truth] + 1
-    conf[best_overlap < pos_threshold] = -1
-    conf[best_overlap < neg_threshold] = 0
+    prior_boxes = cxcywh_to_xyxy(priors)                                  # [P, 4]
+    truth_index, state = prior_states(box_iou(truths, prior_boxes), pos_threshold, neg_threshold)
     if crowd_boxes is not None and len(crowd_boxes) and crowd_threshold < 1:
-        crowd_cover = pairwise_overlap(prior_boxes, crowd_boxes, over_a=True).max(1).values  # [P]
-        conf[(conf <= 0) & (crowd_cover > crowd_threshold)] = -1
-    return PriorMatch(conf, best_truth, encode_boxes(truths[best_truth], priors))
+        crowd_cover = box_coverage(prior_boxes, crowd_boxes).amax(dim=1)  # [P]
+        state = torch.where((state != POSITIVE) & (crowd_cover > crowd_threshold), NEUTRAL, state)
+    conf = torch.where(state == POSITIVE, labels[truth_index] + 1, state.to(labels.dtype))
+    return PriorMatch(conf, truth_index, ssd_encode(truths[truth_index], priors))

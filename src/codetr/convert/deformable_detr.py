@@ -14,12 +14,13 @@ from .common import Rule, load_mapped, map_keys
 
 KEY_RULES: list[Rule] = [
     (r"backbone\.0\.body\.(.*)", r"backbone.body.\1"),
-    (r"transformer\.encoder\.layers\.(\d+)\.(.*)", r"transformer.encoder.\1.\2"),
+    (r"transformer\.encoder\.layers\.(\d+)\.(.*)", r"transformer.encoder.layers.\1.\2"),
     (r"transformer\.decoder\.layers\.(\d+)\.(.*)", r"transformer.decoder.\1.\2"),
     # the decoder's heads alias the detector's class_embed / bbox_embed
     (r"transformer\.decoder\.(class_embed|bbox_embed)\..*", None),
-    (r"transformer\.(level_embed|enc_output|enc_output_norm|pos_trans|pos_trans_norm|reference_points)(\..*)?",
-     r"transformer.\1\2"),
+    (r"transformer\.level_embed", r"transformer.encoder.level_embed"),
+    (r"transformer\.(enc_output|enc_output_norm|pos_trans|pos_trans_norm|reference_points)\.(.*)",
+     r"transformer.\1.\2"),
     (r"(class_embed|bbox_embed|input_proj|query_embed)\.(.*)", r"\1.\2"),
 ]
 

@@ -15,7 +15,7 @@ from .deformable_detr import coco_classes
 
 KEY_RULES: list[Rule] = [
     (r"backbone\.0\.body\.(.*)", r"backbone.body.\1"),
-    (r"transformer\.encoder\.layers\.(\d+)\.(.*)", r"transformer.encoder.\1.\2"),
+    (r"transformer\.encoder\.layers\.(\d+)\.(.*)", r"transformer.encoder.layers.\1.\2"),
     (r"transformer\.decoder\.layers\.(\d+)\.(.*)", r"transformer.decoder.\1.\2"),
     (r"transformer\.decoder\.norm\.(.*)", r"transformer.decoder_norm.\1"),
     (r"transformer\.decoder\.ref_point_head\.(.*)", r"transformer.ref_point_head.\1"),
@@ -23,7 +23,8 @@ KEY_RULES: list[Rule] = [
     (r"transformer\.decoder\.(class_embed|bbox_embed)\..*", None),
     (r"transformer\.enc_out_class_embed\.(.*)", r"enc_class_embed.\1"),
     (r"transformer\.enc_out_bbox_embed\.(.*)", r"enc_bbox_embed.\1"),
-    (r"transformer\.(level_embed|tgt_embed|enc_output|enc_output_norm)(\..*)?", r"transformer.\1\2"),
+    (r"transformer\.level_embed", r"transformer.encoder.level_embed"),
+    (r"transformer\.(tgt_embed|enc_output|enc_output_norm)\.(.*)", r"transformer.\1.\2"),
     (r"(class_embed|bbox_embed|input_proj|label_enc)\.(.*)", r"\1.\2"),
 ]
 

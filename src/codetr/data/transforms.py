@@ -6,14 +6,16 @@ Built on ``torchvision.transforms.v2``: the image is a ``tv_tensors.Image``, box
 ``make_params`` and applies them to all three in ``transform``.
 
 A ``DetectionTransform`` is called as ``transform(image, target) -> (image, target)``:
-``image`` a PIL image or a uint8 [3, H, W] tensor, the result a float [3, H', W'] tensor
-normalized with (mean, std) on [0, 1] values, and the ``Target`` with boxes / labels /
-iscrowd / masks updated and ``size = (H', W')`` (``image_id`` and ``orig_size`` unchanged).
-Objects whose box becomes empty (w or h <= 0, e.g. cropped away) are dropped.
+``image`` a PIL image or a [3, H, W] tensor of RGB values in [0, 255] (uint8 or float), the
+result the model's input [3, H', W'] (``InputSpec.normalize``: channel order, scale, mean and
+std), and the ``Target`` with boxes / labels / iscrowd / masks updated and ``size = (H', W')``
+(``image_id`` and ``orig_size`` unchanged). Objects whose box becomes empty (w or h <= 0, e.g.
+cropped away) are dropped.
 
-Every resize follows ``codetr.images.resized_hw`` (DETR's rule), so eval inputs here equal
-those of ``Detector.prepare`` up to the resampling filter; every side stays >= 1 px, also for
-extreme aspect ratios (a 340:1 image).
+Every pipeline is built from the model's ``InputSpec``. Resizes follow ``codetr.images.resized_hw``
+(DETR's rule) or, for a square spec, ``SquareResize``; the eval pipeline resizes float values as
+``Detector.prepare`` does, so eval inputs equal predict inputs. Every side stays >= 1 px, also
+for extreme aspect ratios (a 340:1 image).
 """
 from __future__ import annotations
 
@@ -28,11 +30,9 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from ..detector import InputSpec
 from ..images import resized_hw, to_rgb8
 from ..structures import Target
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # DETR's official training augmentation (main.py / datasets/coco.py defaults).
 DETR_SCALES = tuple(range(480, 801, 32))
@@ -105,12 +105,12 @@ class RandomSizeCrop(v2.Transform):
 
 class DetectionTransform:
     """(image, Target) -> (normalized float [3, H, W], Target). ``pipeline`` is the v2
-    transform applied to the sample dict {"image", "boxes", "masks"}; normalization and the
-    removal of empty boxes follow it."""
+    transform applied to the sample dict {"image", "boxes", "masks"}; ``spec.normalize`` and
+    the removal of empty boxes follow it."""
 
-    def __init__(self, pipeline: v2.Transform, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(self, pipeline: v2.Transform, spec: InputSpec) -> None:
         self.pipeline = pipeline
-        self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
+        self.spec = spec
 
     def __call__(self, image: Image.Image | Tensor, target: Target) -> tuple[Tensor, Target]:
         image = _as_tv_image(image)
@@ -125,7 +125,7 @@ class DetectionTransform:
         sample = self.pipeline(sample)
 
         out = sample["image"].as_subclass(Tensor)
-        x = F.normalize(F.to_dtype(out, torch.float32, scale=True), self.mean, self.std)
+        x = self.spec.normalize(out.float())
         boxes = sample["boxes"].as_subclass(Tensor)
         masks = sample["masks"].as_subclass(Tensor) if target.masks is not None else None
         new = replace(target, boxes=boxes, masks=masks, size=(int(x.shape[-2]), int(x.shape[-1])))
@@ -133,7 +133,7 @@ class DetectionTransform:
         return x, new if bool(keep.all()) else new.select(keep)
 
     def __repr__(self) -> str:
-        return f"DetectionTransform({self.pipeline!r}, mean={self.mean}, std={self.std})"
+        return f"DetectionTransform({self.pipeline!r}, {self.spec!r})"
 
 
 def _as_tv_image(image: Image.Image | Tensor) -> tv_tensors.Image:
@@ -146,19 +146,18 @@ def _as_tv_image(image: Image.Image | Tensor) -> tv_tensors.Image:
 
 
 def detr_train_transforms(
+    spec: InputSpec,
     scales: Sequence[int] = DETR_SCALES,
     max_size: int = DETR_MAX_SIZE,
     crop_resize_scales: Sequence[int] | None = DETR_CROP_RESIZE_SCALES,
     crop_min: int = DETR_CROP_MIN,
     crop_max: int = DETR_CROP_MAX,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
 ) -> DetectionTransform:
     """DETR's training augmentation: horizontal flip (p=0.5), then with equal chance either a
     multi-scale resize (shorter side from ``scales``, longer <= ``max_size``) or resize
     (shorter side from ``crop_resize_scales``, uncapped as official) -> random-size crop
     ([crop_min, crop_max]) -> the same multi-scale resize; then empty boxes are dropped and the
-    image normalized. ``crop_resize_scales=None`` leaves out the crop branch. Tiny config for
+    image normalized by ``spec``. ``crop_resize_scales=None`` leaves out the crop branch. Tiny config for
     64-256 px images: scales=range(96, 161, 16), max_size=213, crop_resize_scales=(100, 125,
     150), crop_min=96, crop_max=150."""
     multi_scale = RandomShorterResize(scales, max_size)
@@ -170,22 +169,21 @@ def detr_train_transforms(
                         multi_scale]),
         ])
     pipeline = v2.Compose([v2.RandomHorizontalFlip(0.5), resize])
-    return DetectionTransform(pipeline, mean, std)
+    return DetectionTransform(pipeline, spec)
 
 
-def eval_transforms(
-    min_size: int = 800,
-    max_size: int = 1333,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-) -> DetectionTransform:
-    """Resize the shorter side to ``min_size`` with the longer side capped at ``max_size``
-    (``resized_hw``), then normalize."""
-    return DetectionTransform(RandomShorterResize([min_size], max_size), mean, std)
+def eval_transforms(spec: InputSpec) -> DetectionTransform:
+    """The model's eval input: a ``spec.max_size`` square when ``spec.square``, else the shorter
+    side resized to ``spec.min_size`` with the longer side capped at ``spec.max_size``
+    (``resized_hw``); resized on float values as ``Detector.prepare`` / ``Yolact.prepare`` do
+    (no rounding to uint8 in between), then normalized."""
+    resize = SquareResize(spec.max_size) if spec.square else RandomShorterResize([spec.min_size], spec.max_size)
+    return DetectionTransform(v2.Compose([v2.ToDtype(torch.float32), resize]), spec)
 
 
 class SquareResize(v2.Transform):
-    """Resize to a ``size`` x ``size`` square, aspect ratio not kept (YOLACT / SSD). Masks use
+    """Resize to a ``size`` x ``size`` square, aspect ratio not kept (YOLACT / SSD): bilinear
+    without antialiasing, as the official YOLACT transforms and ``Yolact.prepare``. Masks use
     pixel-centre aligned nearest, as ``RandomShorterResize``."""
 
     def __init__(self, size: int) -> None:
@@ -198,25 +196,25 @@ class SquareResize(v2.Transform):
         hw = [self.size, self.size]
         if isinstance(inpt, tv_tensors.Mask):
             return F.resize(inpt, hw, interpolation=v2.InterpolationMode.NEAREST_EXACT)
-        return self._call_kernel(F.resize, inpt, hw, antialias=True)
+        return self._call_kernel(F.resize, inpt, hw, antialias=False)
 
 
-def square_train_transforms(size: int, ssd_augment: bool = True, mean: Sequence[float] = IMAGENET_MEAN,
-                            std: Sequence[float] = IMAGENET_STD) -> DetectionTransform:
+def square_train_transforms(spec: InputSpec, ssd_augment: bool = True) -> DetectionTransform:
     """YOLACT's training augmentation: with ``ssd_augment`` the SSD steps of the official
     ``SSDAugmentation`` (photometric distortion, zoom out up to 4x filled with the mean,
     IoU-constrained random crop; boxes whose centre leaves the crop are dropped), then
-    horizontal flip (p=0.5) and the ``size`` square resize."""
+    horizontal flip (p=0.5) and the ``spec.max_size`` square resize."""
     steps: list[v2.Transform] = []
     if ssd_augment:
-        fill = {tv_tensors.Image: tuple(round(255 * m) for m in mean), "others": 0}
+        fill = {tv_tensors.Image: _mean_rgb_255(spec), "others": 0}
         steps += [v2.RandomPhotometricDistort(p=0.5), v2.RandomZoomOut(fill=fill, side_range=(1.0, 4.0), p=0.5),
                   v2.RandomIoUCrop()]
-    steps += [v2.RandomHorizontalFlip(0.5), SquareResize(size)]
-    return DetectionTransform(v2.Compose(steps), mean, std)
+    steps += [v2.RandomHorizontalFlip(0.5), SquareResize(spec.max_size)]
+    return DetectionTransform(v2.Compose(steps), spec)
 
 
-def square_eval_transforms(size: int, mean: Sequence[float] = IMAGENET_MEAN,
-                           std: Sequence[float] = IMAGENET_STD) -> DetectionTransform:
-    """Resize to a ``size`` x ``size`` square, then normalize."""
-    return DetectionTransform(SquareResize(size), mean, std)
+def _mean_rgb_255(spec: InputSpec) -> tuple[int, int, int]:
+    """``spec.mean`` as a uint8 RGB colour: the pixel that normalizes to zero."""
+    mean = [m if spec.scale_255 else 255 * m for m in spec.mean]
+    r, g, b = (round(m) for m in (mean[::-1] if spec.channel_order == "BGR" else mean))
+    return r, g, b

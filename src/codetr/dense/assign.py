@@ -15,17 +15,15 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from ..boxes import box_area
-from .points import ltrb_encode
+from ..boxes import box_area, box_iou, ltrb_encode
 
 
 def pairwise_iou(a: Tensor, b: Tensor) -> Tensor:
-    """[G, 4] x [R, 4] xyxy -> [G, R] IoU, 0 where boxes do not intersect (so degenerate
-    predicted boxes give 0, not NaN)."""
-    wh = (torch.min(a[:, None, 2:], b[None, :, 2:]) - torch.max(a[:, None, :2], b[None, :, :2])).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
-    return torch.where(inter > 0, inter / union, torch.zeros_like(inter))
+    """[G, 4] x [R, 4] xyxy -> [G, R] ``boxes.box_iou``, but 0 where boxes do not intersect, so
+    degenerate predicted boxes (a side <= 0) give 0, not NaN (0 / 0) or -0 (a negative union).
+    A positive IoU needs a positive intersection, hence two boxes of positive size."""
+    iou = box_iou(a, b)
+    return torch.where(iou > 0, iou, 0.0)
 
 
 def inside_boxes(points: Tensor, boxes: Tensor) -> Tensor:

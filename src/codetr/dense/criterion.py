@@ -3,7 +3,9 @@
 Inputs are the head's per-level outputs flattened over levels (``points.flatten_levels``):
 cls [B, R, K] logits, deltas [B, R, 4] ltrb pixels, quality [B, R, 1] logits (DeFCN filter or
 FCOS centerness) or None; ``points`` are the per-level [R_l, 2] point positions. Loss
-normalisers (numbers of positives) are averaged over ranks, as official.
+normalisers (numbers of positives) are averaged over ranks, as official
+(``codetr.distributed.mean_count_over_ranks``). Terms are unweighted; each criterion's
+``weight_dict`` names the losses and their weights, the other terms are logs.
 """
 from __future__ import annotations
 
@@ -13,13 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..engine import distributed as du
-from ..losses import sigmoid_focal_loss
+from .. import distributed as du
+from ..losses import focal_loss_on_probs, sigmoid_focal_loss
 from ..structures import Target
 from .assign import (aux_topk_assign, center_region_mask, fcos_assign, inside_boxes, pairwise_iou,
                      poto_assign, poto_quality)
-from .losses import focal_loss_on_probs, ltrb_giou_loss
-from .points import ltrb_decode, ltrb_encode
+from .losses import ltrb_giou_loss
+from ..boxes import ltrb_decode, ltrb_encode
 
 
 @dataclass
@@ -55,20 +57,18 @@ def one_hot_targets(labels: Tensor, num_classes: int) -> Tensor:
     return F.one_hot(labels, num_classes + 1)[..., :num_classes].float()
 
 
-def mean_over_ranks(count: Tensor) -> float:
-    return max(1.0, float(du.all_reduce_mean(count.float())))
-
-
 class DeFCNCriterion:
     """POTO one-to-one targets -> focal loss on the score sigmoid(cls) * sigmoid(filter) and
-    GIoU on the matched points; optional auxiliary one-to-many focal loss on sigmoid(cls)."""
+    GIoU on the matched points (weight ``reg_weight``); optional auxiliary one-to-many focal loss
+    on sigmoid(cls). Logs: positives per object, ``num_fg_per_gt`` (and ``_aux``)."""
 
     def __init__(self, num_classes: int, strides: list[int], alpha: float = 0.8, center_radius: float = 1.5,
                  aux_topk: int | None = 9, focal_alpha: float = 0.25, focal_gamma: float = 2.0,
                  reg_weight: float = 2.0) -> None:
         self.num_classes, self.strides = num_classes, list(strides)
         self.alpha, self.center_radius, self.aux_topk = alpha, center_radius, aux_topk
-        self.focal_alpha, self.focal_gamma, self.reg_weight = focal_alpha, focal_gamma, reg_weight
+        self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
+        self.weight_dict = {"loss_cls": 1.0, "loss_box_reg": reg_weight, **({"loss_cls_aux": 1.0} if aux_topk else {})}
 
     def quality(self, prob: Tensor, deltas: Tensor, points: Tensor, target: Target) -> Tensor:
         """[G, R] Q of one image: prob [R, K] scores, deltas [R, 4]."""
@@ -101,11 +101,11 @@ class DeFCNCriterion:
         prob = cls.sigmoid() * quality.sigmoid() if quality is not None else cls.sigmoid()
         assign = self.poto_targets(prob.detach(), deltas.detach(), points, targets)
         fg = assign.foreground
-        num_fg = mean_over_ranks(fg.sum())
+        num_fg = du.mean_count_over_ranks(fg.sum())
         out = {
             "loss_cls": focal_loss_on_probs(prob, one_hot_targets(assign.labels, self.num_classes),
                                             self.focal_alpha, self.focal_gamma).sum() / num_fg,
-            "loss_box_reg": ltrb_giou_loss(deltas[fg], assign.deltas[fg]).sum() / num_fg * self.reg_weight,
+            "loss_box_reg": ltrb_giou_loss(deltas[fg], assign.deltas[fg]).sum() / num_fg,
         }
         num_gt = max(1, sum(len(t) for t in targets))
         out["num_fg_per_gt"] = fg.sum().float() / num_gt
@@ -114,19 +114,20 @@ class DeFCNCriterion:
             aux_fg = aux.foreground
             out["loss_cls_aux"] = sigmoid_focal_loss(cls, one_hot_targets(aux.labels, self.num_classes),
                                                      self.focal_alpha, self.focal_gamma).sum() / \
-                mean_over_ranks(aux_fg.sum())
+                du.mean_count_over_ranks(aux_fg.sum())
             out["num_fg_per_gt_aux"] = aux_fg.sum().float() / num_gt
         return out
 
 
 class FCOSCriterion:
     """FCOS: focal loss on sigmoid(cls), GIoU weighted by the center-ness target, and BCE on
-    the center-ness logits, over points assigned by ``fcos_assign``."""
+    the center-ness logits, over points assigned by ``fcos_assign``; all weights 1."""
 
     def __init__(self, num_classes: int, strides: list[int], size_ranges: list[tuple[float, float]],
                  center_radius: float = 1.5, focal_alpha: float = 0.25, focal_gamma: float = 2.0) -> None:
         self.num_classes, self.strides, self.size_ranges = num_classes, list(strides), size_ranges
         self.center_radius, self.focal_alpha, self.focal_gamma = center_radius, focal_alpha, focal_gamma
+        self.weight_dict = {"loss_cls": 1.0, "loss_box_reg": 1.0, "loss_centerness": 1.0}
 
     @torch.no_grad()
     def targets(self, points: list[Tensor], targets: list[Target]) -> Assignment:
@@ -143,13 +144,13 @@ class FCOSCriterion:
                  targets: list[Target]) -> dict[str, Tensor]:
         assign = self.targets(points, targets)
         fg = assign.foreground
-        num_fg = mean_over_ranks(fg.sum())
+        num_fg = du.mean_count_over_ranks(fg.sum())
         ctr_target = self.centerness(assign.deltas[fg])
         reg = ltrb_giou_loss(deltas[fg], assign.deltas[fg])
         return {
             "loss_cls": sigmoid_focal_loss(cls, one_hot_targets(assign.labels, self.num_classes),
                                            self.focal_alpha, self.focal_gamma).sum() / num_fg,
-            "loss_box_reg": (reg * ctr_target).sum() / mean_over_ranks(ctr_target.sum()),
+            "loss_box_reg": (reg * ctr_target).sum() / du.mean_count_over_ranks(ctr_target.sum()),
             "loss_centerness": F.binary_cross_entropy_with_logits(
                 quality[fg][:, 0], ctr_target, reduction="sum") / num_fg,
             "num_fg_per_gt": fg.sum().float() / max(1, sum(len(t) for t in targets)),

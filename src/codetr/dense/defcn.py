@@ -20,12 +20,13 @@ from torchvision.ops import batched_nms
 
 from ..backbones import ResNetBackbone
 from ..config_checks import COMMON_MINIMUMS, require_at_least
-from ..detector import Detector, InputSpec
+from ..detector import Detector, InputSpec, LossOutput
 from ..necks.fpn import FPN
 from ..structures import ClassInfo, Detections, Target
 from .criterion import DeFCNCriterion, FCOSCriterion
 from .fcos_head import FCOSHead
-from .points import flatten_levels, ltrb_decode, points_per_level
+from ..boxes import ltrb_decode
+from .points import flatten_levels, points_per_level
 
 FCOS_SIZE_RANGES = [[-1.0, 64.0], [64.0, 128.0], [128.0, 256.0], [256.0, 512.0], [512.0, math.inf]]
 
@@ -130,8 +131,8 @@ class DeFCN(Detector):
         shapes = [tuple(x.shape[-2:]) for x in outputs["box_cls"]]
         return points_per_level(shapes, self.config.strides, self.config.point_offset, outputs["box_cls"][0].device)
 
-    def forward(self, images: Tensor, sizes: Tensor, targets: list[Target] | None = None) -> dict:
-        """Train: dict of weighted losses (+ logs). Eval: the official raw outputs, lists over
+    def forward(self, images: Tensor, sizes: Tensor, targets: list[Target] | None = None) -> dict | LossOutput:
+        """Train: the weighted losses and logs. Eval: the official raw outputs, lists over
         levels: ``box_cls`` [B, K, H_l, W_l] logits, ``box_delta`` [B, 4, H_l, W_l] ltrb in input
         pixels, ``box_filter`` (DeFCN 3DMF) or ``box_center`` (FCOS) [B, 1, H_l, W_l] logits."""
         outputs = self.head(self.features(images))
@@ -140,9 +141,10 @@ class DeFCN(Detector):
         if targets is None:
             raise ValueError("DeFCN in train mode needs targets")
         quality = flatten_levels(outputs[self.quality_key]) if self.quality_key else None
-        return self.float32_loss(self.criterion, flatten_levels(outputs["box_cls"]),
-                                 flatten_levels(outputs["box_delta"]), quality, self.points(outputs),
-                                 [t.non_crowd() for t in targets])
+        terms = self.float32_loss(self.criterion, flatten_levels(outputs["box_cls"]),
+                                  flatten_levels(outputs["box_delta"]), quality, self.points(outputs),
+                                  [t.non_crowd() for t in targets])
+        return LossOutput.weigh(terms, self.criterion.weight_dict)
 
     # -- inference -------------------------------------------------------------------------
     @torch.no_grad()

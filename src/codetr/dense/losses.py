@@ -1,23 +1,9 @@
-"""Losses of the dense heads, element-wise; callers sum and normalise."""
+"""Losses of the dense heads, element-wise; callers sum and normalise. (The focal losses, shared
+with the other families, live in ``codetr.losses``.)"""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-
-
-def focal_loss_on_probs(probs: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
-    """Focal loss (Lin et al. 2017, Eq. 5) on probabilities rather than logits: DeFCN's score
-    is a product of two sigmoids, sigmoid(cls) * sigmoid(filter). Computed in float32 (binary
-    cross-entropy on probabilities is not autocast-safe); log terms clamp at -100 as torch's BCE."""
-    with torch.autocast(probs.device.type, enabled=False):
-        probs, targets = probs.float(), targets.float()
-        ce = F.binary_cross_entropy(probs, targets, reduction="none")
-        p_t = probs * targets + (1 - probs) * (1 - targets)
-        loss = ce * (1 - p_t) ** gamma
-        if alpha >= 0:
-            loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
-    return loss
 
 
 def ltrb_giou_loss(pred: Tensor, target: Tensor, eps: float = torch.finfo(torch.float32).eps) -> Tensor:

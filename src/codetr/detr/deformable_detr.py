@@ -16,13 +16,13 @@ from torch import Tensor, nn
 
 from ..backbones import ResNetBackbone
 from ..assign import HungarianMatcher
-from ..boxes import cxcywh_to_xyxy, inverse_sigmoid, xyxy_to_cxcywh
+from ..boxes import cxcywh_to_xyxy, xyxy_to_cxcywh
 from ..config_checks import DETR_MINIMUMS, require_at_least
-from ..detector import Detector, InputSpec
+from ..detector import Detector, InputSpec, LossOutput
 from ..nn import MLP, SinePositionEncoding
 from ..structures import ClassInfo, Detections, Target, padding_mask
 from .criterion import SetCriterion, loss_weights
-from .transformer import DeformableTransformer
+from .transformer import DeformableTransformer, Intermediates, TokenSelection, predict_per_layer
 
 
 @dataclass
@@ -134,50 +134,33 @@ class DeformableDETR(Detector):
         return nn.ModuleList(p[0] for p in pairs), nn.ModuleList(p[1] for p in pairs)
 
     # -- forward ---------------------------------------------------------------------------
-    def features(self, images: Tensor, sizes: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-        """Projected multi-scale maps, their padding masks and position encodings."""
-        mask = padding_mask(sizes, images.shape[-2], images.shape[-1])
-        feats = self.backbone(images)
-        srcs = [proj(f) for proj, f in zip(self.input_proj, feats)]
-        for proj in self.input_proj[len(feats):]:
-            srcs.append(proj(feats[-1] if len(srcs) == len(feats) else srcs[-1]))
-        masks = [F.interpolate(mask[None].float(), size=s.shape[-2:]).to(torch.bool)[0] for s in srcs]
-        pos = [self.position(m).to(s.dtype) for s, m in zip(srcs, masks)]
-        return srcs, masks, pos
-
     def forward_raw(self, images: Tensor, sizes: Tensor) -> dict:
-        """The official output dict, plus '_inter' holding intermediates for inspection."""
+        """The official output dict, plus '_inter': ``DeformableDETRIntermediates``."""
         c = self.config
-        srcs, masks, pos = self.features(images, sizes)
-        enc = self.transformer.encode(srcs, masks, pos)
+        maps = multiscale_features(self.backbone, self.input_proj, self.position, images, sizes)
+        enc = self.transformer.encoder(maps.srcs, maps.masks, maps.pos)
         out: dict = {}
+        selection = None
         if c.two_stage:
-            sel = self.transformer.select_proposals(enc, self.class_embed[c.dec_layers], self.bbox_embed[c.dec_layers])
-            tgt, query_pos, reference = sel["tgt"], sel["query_pos"], sel["reference"]
-            out["enc_outputs"] = {"pred_logits": sel["enc_logits"], "pred_boxes": sel["enc_coords_unact"].sigmoid()}
+            selection = self.transformer.select_proposals(enc, self.class_embed[c.dec_layers],
+                                                          self.bbox_embed[c.dec_layers])
+            boxes_unact = selection.gather(selection.coords_unact).detach()          # [B, Q, 4]
+            query_pos, tgt = self.transformer.proposal_queries(boxes_unact)
+            reference = boxes_unact.sigmoid()
+            out["enc_outputs"] = {"pred_logits": selection.logits, "pred_boxes": selection.coords_unact.sigmoid()}
         else:
-            query_pos, tgt = self.query_embed.weight.split(c.hidden_dim, dim=1)
+            query_pos, tgt = self.query_embed.weight.split(c.hidden_dim, dim=1)       # [Q, C] each
             B = images.shape[0]
             query_pos, tgt = query_pos[None].expand(B, -1, -1), tgt[None].expand(B, -1, -1)
-            reference = self.transformer.reference_points(query_pos).sigmoid()
-            sel = {}
-        hs, refs = self.transformer.decode(tgt, query_pos, reference, enc,
-                                           self.bbox_embed if c.with_box_refine else None)
-        logits, boxes = [], []
-        for lvl in range(c.dec_layers):
-            ref = inverse_sigmoid(reference if lvl == 0 else refs[lvl - 1])
-            delta = self.bbox_embed[lvl](hs[lvl])
-            delta = delta + ref if ref.shape[-1] == 4 else torch.cat([delta[..., :2] + ref, delta[..., 2:]], -1)
-            logits.append(self.class_embed[lvl](hs[lvl]))
-            boxes.append(delta.sigmoid())
-        out.update(pred_logits=logits[-1], pred_boxes=boxes[-1])
-        if c.aux_loss:
-            out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
-        out["_inter"] = {"srcs": srcs, "masks": masks, "pos": pos, "memory": enc["memory"], "hs": hs,
-                         "init_reference": reference, "inter_references": refs, **sel}
+            reference = self.transformer.reference_points(query_pos).sigmoid()        # [B, Q, 2]
+        dec = self.transformer.decode(tgt, query_pos, reference, enc, self.bbox_embed if c.with_box_refine else None)
+        logits, boxes = predict_per_layer(dec.hidden, dec.references, self.class_embed, self.bbox_embed)
+        out.update(layer_outputs(logits, boxes, c.aux_loss))
+        out["_inter"] = DeformableDETRIntermediates(maps.srcs, maps.masks, maps.pos, enc.memory, dec.hidden,
+                                                    reference, torch.stack(dec.references[1:]), selection)
         return out
 
-    def forward(self, images: Tensor, sizes: Tensor, targets: list[Target] | None = None) -> dict:
+    def forward(self, images: Tensor, sizes: Tensor, targets: list[Target] | None = None) -> dict | LossOutput:
         out = self.forward_raw(images, sizes)
         out.pop("_inter")
         if not self.training:
@@ -185,12 +168,70 @@ class DeformableDETR(Detector):
         if targets is None:
             raise ValueError("DeformableDETR in train mode needs targets")
         losses = self.float32_loss(self.criterion, out, detr_targets(targets, sizes))
-        return self.criterion.weighted(losses)
+        return LossOutput.weigh(losses, self.criterion.weight_dict)
 
     @torch.no_grad()
     def postprocess(self, outputs: dict, sizes: Tensor) -> list[Detections]:
         """Top ``num_select`` (query, class) pairs by sigmoid score over all queries x classes."""
         return topk_postprocess(outputs["pred_logits"], outputs["pred_boxes"], sizes, self.config.num_select)
+
+
+@dataclass
+class MultiScaleMaps:
+    """The encoder's input: per level projected features, padding masks and position encodings."""
+
+    srcs: list[Tensor]   # [B, C, H_l, W_l]
+    masks: list[Tensor]  # [B, H_l, W_l] True on padding
+    pos: list[Tensor]    # [B, C, H_l, W_l]
+
+
+def multiscale_features(backbone: nn.Module, input_proj: nn.ModuleList, position: nn.Module, images: Tensor,
+                        sizes: Tensor) -> MultiScaleMaps:
+    """Backbone levels through their projections, extra levels by stride-2 projections of the
+    last backbone level (the first) or of the previous extra level; the image padding mask
+    resized to each level (nearest); sine positions of the valid region."""
+    mask = padding_mask(sizes, images.shape[-2], images.shape[-1])
+    feats = backbone(images)
+    srcs = [proj(f) for proj, f in zip(input_proj, feats)]
+    for proj in input_proj[len(feats):]:
+        srcs.append(proj(feats[-1] if len(srcs) == len(feats) else srcs[-1]))
+    masks = [F.interpolate(mask[None].float(), size=s.shape[-2:]).to(torch.bool)[0] for s in srcs]
+    pos = [position(m).to(s.dtype) for s, m in zip(srcs, masks)]
+    return MultiScaleMaps(srcs, masks, pos)
+
+
+def layer_outputs(logits: Tensor, boxes: Tensor, aux_loss: bool) -> dict:
+    """[L, B, Q, *] per-layer predictions -> {'pred_logits', 'pred_boxes'(, 'aux_outputs')}."""
+    out = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
+    if aux_loss:
+        out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
+    return out
+
+
+@dataclass
+class DeformableDETRIntermediates(Intermediates):
+    """What ``forward_raw`` computed on the way, for inspection and the parity tests."""
+
+    srcs: list[Tensor]             # encoder input per level [B, C, H_l, W_l]
+    masks: list[Tensor]            # [B, H_l, W_l]
+    pos: list[Tensor]              # [B, C, H_l, W_l]
+    memory: Tensor                 # [B, S, C]
+    hs: Tensor                     # [L, B, Q, C] decoder outputs
+    init_reference: Tensor         # [B, Q, 2 | 4] the decoder's input references
+    inter_references: Tensor       # [L, B, Q, 2 | 4] the references after each layer
+    selection: TokenSelection | None  # two-stage only
+
+    @property
+    def selection_scores(self) -> Tensor:
+        return self.selection.scores
+
+    @property
+    def topk(self) -> Tensor:
+        return self.selection.topk
+
+    @property
+    def output_proposals(self) -> Tensor:
+        return self.selection.proposals
 
 
 def detr_targets(targets: list[Target], sizes: Tensor) -> list[dict[str, Tensor]]:

@@ -22,15 +22,15 @@ from torchvision.ops import nms
 
 from ..assign import HungarianMatcher
 from ..backbones import ResNetBackbone
-from ..boxes import inverse_sigmoid
 from ..config_checks import DETR_MINIMUMS, require_at_least
-from ..detector import Detector, InputSpec
+from ..detector import Detector, InputSpec, LossOutput
 from ..nn import MLP, SinePositionEncoding
 from ..structures import ClassInfo, Detections, Target
-from .deformable_detr import DeformableDETR, detr_targets, input_projections, topk_postprocess
+from .deformable_detr import detr_targets, input_projections, layer_outputs, multiscale_features, topk_postprocess
 from .denoising import DenoisingQueries, build_dn_queries, draw_dn_noise, num_dn_groups
 from .dino_criterion import GIOU_EPS, DINOCriterion, dino_loss_weights
 from .dino_transformer import DINO_EPS, DINOTransformer
+from .transformer import Intermediates, TokenSelection, predict_per_layer
 
 
 @dataclass
@@ -104,9 +104,6 @@ def prediction_heads(dim: int, num_classes: int) -> tuple[nn.Linear, MLP]:
 class DINO(Detector):
     family = "dino"
 
-    # backbone -> projected levels, padding masks, sine positions (as Deformable DETR)
-    features = DeformableDETR.features
-
     def __init__(self, config: DINOConfig, classes: ClassInfo | None = None,
                  input_spec: InputSpec | None = None) -> None:
         super().__init__(classes or ClassInfo.anonymous(config.num_classes), input_spec)
@@ -119,7 +116,7 @@ class DINO(Detector):
         self.input_proj = input_projections(self.backbone.out_channels, c.hidden_dim, c.num_feature_levels)
         self.transformer = DINOTransformer(
             c.hidden_dim, c.num_heads, c.enc_layers, c.dec_layers, c.ffn_dim, c.dropout, c.num_feature_levels,
-            c.enc_points, c.dec_points, c.num_queries, c.use_detached_boxes_dec_out)
+            c.enc_points, c.dec_points, c.num_queries)
         self.label_enc = nn.Embedding(c.labelbook_size + 1, c.hidden_dim)  # denoising label queries
         self._build_heads()
         self.criterion = DINOCriterion(
@@ -160,46 +157,42 @@ class DINO(Detector):
 
     def forward_raw(self, images: Tensor, sizes: Tensor, targets: list[dict[str, Tensor]] | None = None,
                     dn_noise: tuple[Tensor, Tensor] | None = None) -> dict:
-        """The official output dict (+ '_inter': intermediates for inspection). With DETR-format
+        """The official output dict (+ '_inter': ``DINOIntermediates``). With DETR-format
         ``targets`` in train mode, denoising queries are added and reported in ``dn_meta``."""
         c = self.config
-        srcs, masks, pos = self.features(images, sizes)
+        maps = multiscale_features(self.backbone, self.input_proj, self.position, images, sizes)
         dn = None  # noise drawn before the encoder runs, as official (same random stream)
         if self.training and targets is not None and c.dn_number > 0:
             dn = self.denoising_queries(targets, dn_noise)
-        enc = self.transformer.encode(srcs, masks, pos)
-        sel = self.transformer.select_queries(enc, self.enc_class_embed, self.enc_bbox_embed)
-        tgt, ref_unact, attn_mask = sel["tgt"], sel["ref_unact"].detach(), None
-        if dn is not None and dn.pad_size > 0:  # denoising queries first
-            end = dn.pad_size + tgt.shape[1]  # fewer matching queries than num_queries: see select_queries
-            tgt = torch.cat([dn.content, tgt], 1)
-            ref_unact = torch.cat([dn.boxes, ref_unact], 1)
-            attn_mask = dn.attn_mask[:end, :end]
-        hs, refs = self.transformer.decode(tgt, ref_unact, enc, self.bbox_embed, attn_mask)
-        hs = hs + 0.0 * self.label_enc.weight[0, 0]  # label_enc always in the graph (DDP), as official
-        logits = torch.stack([head(h) for head, h in zip(self.class_embed, hs)])       # [L, B, Q, K]
-        boxes = torch.stack([(head(h) + inverse_sigmoid(r, DINO_EPS)).sigmoid()
-                             for head, h, r in zip(self.bbox_embed, hs, refs[:-1])])   # [L, B, Q, 4]
+        enc = self.transformer.encoder(maps.srcs, maps.masks, maps.pos)
+        selection = self.transformer.select_queries(enc, self.enc_class_embed, self.enc_bbox_embed)
+        anchors_unact = selection.gather(selection.coords_unact)   # [B, Q, 4] attached: encoder loss
+        memory_topk = selection.gather(selection.memory)           # [B, Q, C]
+        tgt = self.transformer.content_queries(images.shape[0], anchors_unact.shape[1])
+        reference_unact, attn_mask = anchors_unact.detach(), None
         pad = dn.pad_size if dn is not None else 0
-        out = self.layer_outputs(logits[:, :, pad:], boxes[:, :, pad:])
-        out["interm_outputs"] = {"pred_logits": self.enc_class_embed(sel["memory_topk"]),
-                                 "pred_boxes": sel["ref_unact"].sigmoid()}
+        if pad > 0:  # denoising queries first
+            end = pad + tgt.shape[1]  # fewer matching queries than num_queries: see content_queries
+            tgt = torch.cat([dn.content, tgt], 1)
+            reference_unact = torch.cat([dn.boxes, reference_unact], 1)
+            attn_mask = dn.attn_mask[:end, :end]
+        dec = self.transformer.decode(tgt, reference_unact.sigmoid(), enc, self.bbox_embed, attn_mask,
+                                      look_forward_twice=not c.use_detached_boxes_dec_out)
+        hidden = dec.hidden + 0.0 * self.label_enc.weight[0, 0]  # label_enc always in the graph (DDP), as official
+        logits, boxes = predict_per_layer(hidden, dec.references, self.class_embed, self.bbox_embed, DINO_EPS)
+        out = layer_outputs(logits[:, :, pad:], boxes[:, :, pad:], c.aux_loss)
+        out["interm_outputs"] = {"pred_logits": self.enc_class_embed(memory_topk),
+                                 "pred_boxes": anchors_unact.sigmoid()}
         if dn is not None:
             out["dn_meta"] = {"pad_size": pad, "num_dn_group": dn.num_groups}
             if pad > 0:
-                out["dn_meta"]["output_known_lbs_bboxes"] = self.layer_outputs(logits[:, :, :pad], boxes[:, :, :pad])
-        out["_inter"] = {"srcs": srcs, "masks": masks, "pos": pos, "memory": enc["memory"], "hs": hs,
-                         "references": refs, "dn": dn, **sel}
+                out["dn_meta"]["output_known_lbs_bboxes"] = layer_outputs(logits[:, :, :pad], boxes[:, :, :pad],
+                                                                          c.aux_loss)
+        out["_inter"] = DINOIntermediates(maps.srcs, maps.masks, maps.pos, enc.memory, hidden,
+                                          torch.stack(dec.references), selection, anchors_unact, memory_topk, dn)
         return out
 
-    def layer_outputs(self, logits: Tensor, boxes: Tensor) -> dict:
-        """[L, B, Q, *] per-layer predictions -> {'pred_logits', 'pred_boxes', 'aux_outputs'}."""
-        out = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
-        if self.config.aux_loss:
-            out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
-        return out
-
-    def forward(self, images: Tensor, sizes: Tensor, targets: list[Target] | None = None) -> dict:
+    def forward(self, images: Tensor, sizes: Tensor, targets: list[Target] | None = None) -> dict | LossOutput:
         detr = detr_targets(targets, sizes) if targets is not None else None
         if self.training and detr is None:
             raise ValueError("DINO in train mode needs targets")
@@ -207,10 +200,7 @@ class DINO(Detector):
         out.pop("_inter")
         if not self.training:
             return out
-        losses = self.criterion.weighted(self.float32_loss(self.criterion, out, detr))
-        # official logs named loss_* (loss_xy, loss_hw) are renamed: every loss* entry is summed
-        return {f"log_{k}" if k.startswith("loss") and k not in self.criterion.weight_dict else k: v
-                for k, v in losses.items()}
+        return LossOutput.weigh(self.float32_loss(self.criterion, out, detr), self.criterion.weight_dict)
 
     @torch.no_grad()
     def postprocess(self, outputs: dict, sizes: Tensor) -> list[Detections]:
@@ -220,6 +210,43 @@ class DINO(Detector):
             keep = [nms(d.boxes, d.scores, self.config.nms_iou_threshold) for d in dets]
             dets = [Detections(d.boxes[k], d.scores[k], d.labels[k]) for d, k in zip(dets, keep)]
         return dets
+
+
+@dataclass
+class DINOIntermediates(Intermediates):
+    """What ``forward_raw`` computed on the way, for inspection and the parity tests."""
+
+    srcs: list[Tensor]                # encoder input per level [B, C, H_l, W_l]
+    masks: list[Tensor]               # [B, H_l, W_l]
+    pos: list[Tensor]                 # [B, C, H_l, W_l]
+    memory: Tensor                    # [B, S, C]
+    hs: Tensor                        # [L, B, pad + Q, C] normed decoder outputs
+    references: Tensor                # [L + 1, B, pad + Q, 4] (see ``DecoderOutput``)
+    selection: TokenSelection         # mixed query selection
+    ref_unact: Tensor                 # [B, Q, 4] selected anchors, logit space, attached
+    memory_topk: Tensor               # [B, Q, C] their projected memory
+    dn: DenoisingQueries | None       # train mode with denoising only
+
+    @property
+    def enc_logits(self) -> Tensor:
+        return self.selection.logits
+
+    @property
+    def selection_scores(self) -> Tensor:
+        return self.selection.scores
+
+    @property
+    def topk(self) -> Tensor:
+        return self.selection.topk
+
+    @property
+    def output_proposals(self) -> Tensor:
+        return self.selection.proposals
+
+    @property
+    def init_box_proposal(self) -> Tensor:
+        """[B, Q, 4] the selected tokens' proposals before the box head, sigmoid."""
+        return self.selection.gather(self.selection.proposals).sigmoid()
 
 
 def check_config(c: DINOConfig, num_labels: int) -> None:

@@ -8,94 +8,62 @@ tokens), C = ``dim``.
 """
 from __future__ import annotations
 
-import math
-
-import torch
 from torch import Tensor, nn
 
-from ..boxes import inverse_sigmoid
-from ..nn import MLP
-from .transformer import (DecoderLayer, DeformableTransformer, EncoderLayer, encoder_proposals,
-                          init_transformer_weights)
+from ..nn import MLP, sine_embed
+from .transformer import (DecoderLayer, DecoderOutput, DeformableEncoder, EncoderOutput, TokenSelection,
+                          init_transformer_weights, run_decoder, select_tokens)
 
 # DINO's inverse sigmoid clamps at 1e-3 (Deformable DETR: 1e-5); it matters for boxes that
 # touch the image border, e.g. noised denoising boxes clamped to [0, 1].
 DINO_EPS = 1e-3
-
-
-def box_sine_embed(boxes: Tensor, num_feats: int, temperature: float = 10000.0) -> Tensor:
-    """Sine embedding of sigmoid boxes [B, Q, 4] (cx, cy, w, h) -> [B, Q, 4 * num_feats], ordered
-    (y, x, w, h) as official. Official hard-codes num_feats = 128 (hidden 256); here dim // 2."""
-    dim_t = torch.arange(num_feats, dtype=torch.float32, device=boxes.device)
-    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_feats)
-    pos = boxes[..., [1, 0, 2, 3], None] * (2 * math.pi) / dim_t                  # [B, Q, 4, F]
-    return torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=4).flatten(2)
+# DINO embeds an anchor box (cx, cy, w, h) in the order (y, x, w, h)
+ANCHOR_ORDER = (1, 0, 2, 3)
 
 
 class DINOTransformer(nn.Module):
     """Encoder + query selection + decoder. Heads are owned by the detector and passed in."""
 
-    # flatten levels, add level embeddings, run the encoder (uses .encoder and .level_embed)
-    encode = DeformableTransformer.encode
-
     def __init__(self, dim: int = 256, num_heads: int = 8, num_encoder_layers: int = 6,
                  num_decoder_layers: int = 6, ffn_dim: int = 2048, dropout: float = 0.0,
-                 num_levels: int = 4, enc_points: int = 4, dec_points: int = 4, num_queries: int = 900,
-                 detached_boxes_out: bool = False) -> None:
+                 num_levels: int = 4, enc_points: int = 4, dec_points: int = 4, num_queries: int = 900) -> None:
         super().__init__()
         self.dim, self.num_queries = dim, num_queries
-        self.detached_boxes_out = detached_boxes_out
-        self.encoder = nn.ModuleList(EncoderLayer(dim, ffn_dim, dropout, num_levels, num_heads, enc_points)
-                                     for _ in range(num_encoder_layers))
+        self.encoder = DeformableEncoder(dim, ffn_dim, dropout, num_levels, num_heads, enc_points, num_encoder_layers)
         self.decoder = nn.ModuleList(DecoderLayer(dim, ffn_dim, dropout, num_levels, num_heads, dec_points)
                                      for _ in range(num_decoder_layers))
         self.decoder_norm = nn.LayerNorm(dim)
         self.ref_point_head = MLP(2 * dim, dim, dim, 2)   # sine(4-d box) -> query position
-        self.level_embed = nn.Parameter(torch.empty(num_levels, dim))
         self.tgt_embed = nn.Embedding(num_queries, dim)    # learned content queries
         self.enc_output = nn.Linear(dim, dim)
         self.enc_output_norm = nn.LayerNorm(dim)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        init_transformer_weights(self)
-        nn.init.normal_(self.level_embed)
+        """The encoder inits itself; every other matrix xavier-uniform (content queries too)."""
+        init_transformer_weights(self.decoder, self.ref_point_head, self.tgt_embed, self.enc_output)
 
-    def select_queries(self, enc: dict[str, Tensor], class_head: nn.Module, box_head: nn.Module) -> dict[str, Tensor]:
+    def select_queries(self, enc: EncoderOutput, class_head: nn.Module, box_head: nn.Module) -> TokenSelection:
         """Mixed query selection (Sec. 3.3): the top ``num_queries`` encoder tokens by their best
-        class score give the anchor boxes; the content queries are learned (``tgt_embed``).
-        An image with fewer tokens S (very small or elongated) selects all of them and gets
-        Q = S matching queries (the first S content queries)."""
-        shapes = [tuple(s) for s in enc["spatial_shapes"].tolist()]
-        proposals, valid = encoder_proposals(enc["mask"], shapes)                   # [B, S, 4]
-        memory = self.enc_output_norm(self.enc_output(enc["memory"].masked_fill(~valid, 0.0)))
-        logits = class_head(memory)                                                  # [B, S, K]
-        coords_unact = box_head(memory) + proposals                                  # [B, S, 4]
-        scores = logits.max(-1)[0]                                                   # [B, S]
-        topk = torch.topk(scores, min(self.num_queries, scores.shape[1]), dim=1)[1]  # [B, Q]
-        pick4 = topk[..., None].expand(-1, -1, 4)
-        B = memory.shape[0]
-        return {"enc_logits": logits, "output_proposals": proposals, "selection_scores": scores, "topk": topk,
-                "ref_unact": torch.gather(coords_unact, 1, pick4),                  # not detached (interm loss)
-                "memory_topk": torch.gather(memory, 1, topk[..., None].expand(-1, -1, self.dim)),
-                "init_box_proposal": torch.gather(proposals, 1, pick4).sigmoid(),
-                "tgt": self.tgt_embed.weight[None, : topk.shape[1]].expand(B, -1, -1)}
+        class score give the anchor boxes; the content queries are learned (``content_queries``)."""
+        return select_tokens(enc, lambda m: self.enc_output_norm(self.enc_output(m)), class_head, box_head,
+                             self.num_queries, by_best_class=True)
 
-    def decode(self, tgt: Tensor, ref_unact: Tensor, enc: dict[str, Tensor], box_heads: nn.ModuleList,
-               attn_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """tgt [B, Q, C], ref_unact [B, Q, 4] unsigmoided anchors. Returns the normed hidden states
-        [L, B, Q, C] and references [L + 1, B, Q, 4]: index 0 the input anchors, i + 1 the box
-        refined by layer i, kept attached to layer i's graph (look forward twice, Sec. 3.4)
-        while the next layer receives it detached."""
-        ratios = torch.cat([enc["valid_ratios"], enc["valid_ratios"]], -1)          # [B, L, 4]
-        reference = ref_unact.sigmoid()
-        hs, refs = [], [reference]
-        for layer, box_head in zip(self.decoder, box_heads):
-            ref_input = reference[:, :, None] * ratios[:, None]                      # [B, Q, L, 4]
-            query_pos = self.ref_point_head(box_sine_embed(ref_input[:, :, 0], self.dim // 2))
-            tgt = layer(tgt, query_pos, ref_input, enc["memory"], enc["spatial_shapes"], enc["mask"], attn_mask)
-            new_reference = (box_head(tgt) + inverse_sigmoid(reference, DINO_EPS)).sigmoid()
-            reference = new_reference.detach()
-            refs.append(reference if self.detached_boxes_out else new_reference)
-            hs.append(self.decoder_norm(tgt))
-        return torch.stack(hs), torch.stack(refs)
+    def content_queries(self, batch_size: int, num: int) -> Tensor:
+        """The first ``num`` learned content queries for every image: [B, num, C]. An image with
+        fewer tokens than ``num_queries`` (very small or elongated) selects all S of them and
+        gets S matching queries."""
+        return self.tgt_embed.weight[None, :num].expand(batch_size, -1, -1)
+
+    def anchor_query_pos(self, anchors: Tensor) -> Tensor:
+        """Position queries from anchor boxes [B, Q, L, 4] scaled to the levels (the first level's
+        copy is used): sine embedding (C / 2 features per coordinate) -> ``ref_point_head``."""
+        return self.ref_point_head(sine_embed(anchors[:, :, 0], self.dim // 2, order=ANCHOR_ORDER))
+
+    def decode(self, tgt: Tensor, reference: Tensor, enc: EncoderOutput, box_heads: nn.ModuleList,
+               attn_mask: Tensor | None = None, look_forward_twice: bool = True) -> DecoderOutput:
+        """``run_decoder`` with anchor-box position queries; tgt [B, Q, C], reference [B, Q, 4]
+        sigmoid anchors. The hidden states come out through ``decoder_norm``."""
+        out = run_decoder(self.decoder, tgt, reference, enc, self.anchor_query_pos, box_heads, attn_mask,
+                          look_forward_twice, eps=DINO_EPS)
+        return DecoderOutput(self.decoder_norm(out.hidden), out.references)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import tempfile
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
@@ -21,6 +22,8 @@ from typing import IO, Any, Iterator
 import numpy as np
 import torch
 from torch import nn
+
+from ..version import __version__
 
 REQUIRED_KEYS = ("codetr_version", "family")
 
@@ -73,8 +76,6 @@ def _fsync_dir(folder: Path) -> None:
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """Write ``state`` to ``path`` atomically; stamps ``codetr_version``. ``state`` must carry
     ``family`` (see ``model_state``)."""
-    from codetr import __version__
-
     if "family" not in state:
         raise ValueError("save_checkpoint: state has no 'family' key; build it with model_state()")
     state = {"codetr_version": __version__, **state}
@@ -110,7 +111,35 @@ def load_checkpoint(path: str | Path, family: str | None = None, model_name: str
         if expected is not None and found != expected:
             raise CheckpointError(f"checkpoint {str(path)!r} holds a model of {key} {found!r}, "
                                   f"expected {expected!r}")
+    return upgrade_state(state)
+
+
+# Weight names that changed since checkpoints were first written, per family: (pattern, new name).
+# DETRs: the encoder became a module of its own (layers + level embedding), as officially named.
+_RENAMED_WEIGHTS: dict[str, list[tuple[re.Pattern, str]]] = {
+    family: [(re.compile(r"^transformer\.encoder\.(\d+)\."), r"transformer.encoder.layers.\1."),
+             (re.compile(r"^transformer\.level_embed$"), "transformer.encoder.level_embed")]
+    for family in ("deformable_detr", "dino")
+}
+
+
+def upgrade_state(state: dict) -> dict:
+    """A checkpoint of an earlier codetr with its weights under today's names (the model, and
+    the live model of an EMA run); parameter order, hence optimizer state, is unchanged."""
+    family = state.get("family")
+    rules = _RENAMED_WEIGHTS.get(family, []) if isinstance(family, str) else []
+    for key in ("model", "live_model"):
+        if rules and isinstance(state.get(key), dict):
+            state[key] = {_renamed(name, rules): value for name, value in state[key].items()}
     return state
+
+
+def _renamed(name: str, rules: list[tuple[re.Pattern, str]]) -> str:
+    for pattern, new in rules:
+        name, count = pattern.subn(new, name)
+        if count:
+            break
+    return name
 
 
 def model_state(model: nn.Module, model_name: str) -> dict:

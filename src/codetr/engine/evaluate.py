@@ -17,8 +17,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
+from .. import distributed as du
 from ..structures import ClassInfo, Detections
-from . import distributed as du
 from .checkpoint import atomic_open
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")

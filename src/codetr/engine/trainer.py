@@ -42,9 +42,10 @@ from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import bf16_compr
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from .. import distributed as du
 from ..config import ConfigError, RunConfig, TrainConfig
+from ..detector import LossOutput
 from ..structures import Batch, ClassInfo
-from . import distributed as du
 from .checkpoint import (CheckpointError, atomic_open, load_checkpoint, model_state, rng_state, save_checkpoint,
                          set_rng_state)
 from .ema import ModelEMA
@@ -66,8 +67,8 @@ class HookBase:
 
 
 class Trainer:
-    """Runs ``cfg.train`` on ``model`` (a Detector: train-mode forward returns weighted
-    ``loss*`` entries). ``hooks=None`` registers ``default_hooks``."""
+    """Runs ``cfg.train`` on ``model`` (a Detector: its train-mode forward returns a
+    ``LossOutput``). ``hooks=None`` registers ``default_hooks``."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                  train_loader: Iterable[Batch], cfg: RunConfig, *, val_loader: Iterable[Batch] | None = None,
@@ -133,8 +134,9 @@ class Trainer:
             self.epoch, self.iter = self.epoch + 1, 0
 
     def run_step(self, batch: Batch) -> dict[str, float]:
-        """One batch: forward (under autocast), sum of ``loss*``, backward (scaled for fp16,
-        divided by the accumulation window); the window's last batch steps the optimizer."""
+        """One batch: forward (under autocast) -> ``LossOutput``, backward of the sum of its
+        losses (scaled for fp16, divided by the accumulation window); the window's last batch
+        steps the optimizer. Returns every loss and log as a float, and their total as ``loss``."""
         batch = batch.to(self.device)
         images = batch.images.contiguous(memory_format=self.memory_format)
         window, self.at_boundary = self.accumulation_window()
@@ -142,13 +144,15 @@ class Trainer:
         sync = contextlib.nullcontext() if self.at_boundary or not is_ddp(self.model) else self.model.no_sync()
         with sync:
             with self.autocast():
-                losses = self.model(images, batch.sizes, batch.targets)
-            total = sum(v for k, v in losses.items() if k.startswith("loss"))
+                out = self.model(images, batch.sizes, batch.targets)
+            if not isinstance(out, LossOutput):
+                raise TypeError(f"train-mode forward returned {type(out).__name__}, not codetr.detector.LossOutput")
+            total = out.total()
             if not torch.isfinite(total):
                 raise FloatingPointError(f"non-finite loss at step {self.global_step}: "
-                                         f"{ {k: float(v) for k, v in losses.items()} }")
+                                         f"{ {k: float(v) for k, v in {**out.losses, **out.logs}.items()} }")
             self.scaler.scale(total / window).backward()
-        logs = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in losses.items()}
+        logs = {k: float(v.detach()) for k, v in {**out.losses, **out.logs}.items()}
         logs["loss"] = float(total.detach())
         if self.at_boundary:
             logs["grad_norm"] = self.optimizer_step()
@@ -284,7 +288,8 @@ class Trainer:
 class MetricsLogger(HookBase):
     """Every ``log_every`` steps (and at the end): means over the window of the step logs,
     averaged across ranks, as a ``{"type": "train"}`` line in metrics.jsonl; rank 0 also
-    shows a tqdm bar with loss, lr and ETA."""
+    shows a tqdm bar with loss, lr and ETA. Ranks may log different keys: each key is averaged
+    over the ranks that logged it."""
 
     def before_train(self) -> None:
         t = self.trainer
@@ -307,10 +312,10 @@ class MetricsLogger(HookBase):
 
     def flush(self) -> None:
         t, now = self.trainer, time.perf_counter()
-        keys = sorted({k for logs in self.window for k in logs})
+        keys = sorted(set().union(*du.all_gather_object({k for logs in self.window for k in logs})))
         values = torch.tensor([[logs.get(k, math.nan) for k in keys] for logs in self.window],
-                              dtype=torch.float64)
-        means = du.all_reduce_mean(values.nanmean(0)).tolist()
+                              dtype=torch.float64)                                   # [steps, keys]
+        means = du.nanmean_over_ranks(values.nanmean(0)).tolist()
         step_time = (now - self.start) / len(self.window)
         record = {"type": "train", "step": t.global_step, "epoch": t.epoch, "iter": t.iter,
                   "lr": t.lr, "time": step_time, "eta_s": step_time * (t.total_iters - t.global_step),

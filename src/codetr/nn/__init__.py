@@ -1,5 +1,5 @@
 """Small modules shared by the detector families."""
-from .deformable_attention import MultiScaleDeformableAttention
-from .layers import MLP, SinePositionEncoding
+from .deformable_attention import LevelLayout, MultiScaleDeformableAttention
+from .layers import MLP, SinePositionEncoding, sine_embed
 
-__all__ = ["MLP", "MultiScaleDeformableAttention", "SinePositionEncoding"]
+__all__ = ["LevelLayout", "MLP", "MultiScaleDeformableAttention", "SinePositionEncoding", "sine_embed"]

@@ -2,12 +2,50 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from itertools import accumulate
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.msda import ms_deform_attn
+
+
+@dataclass(frozen=True)
+class LevelLayout:
+    """Multi-scale maps flattened into one token sequence, level after level, row-major within a
+    level: S = sum_l H_l * W_l tokens. Built once per forward from Python ints, so no attention
+    call reads a shape back from the device."""
+
+    shapes: list[tuple[int, int]]  # (H_l, W_l)
+    wh: Tensor                     # [L, 2] int64 (W_l, H_l): a pixel offset over this is a normalized one
+
+    @classmethod
+    def of(cls, shapes: list[tuple[int, int]], device: torch.device) -> LevelLayout:
+        shapes = [(int(h), int(w)) for h, w in shapes]
+        return cls(shapes, torch.tensor([(w, h) for h, w in shapes], dtype=torch.long, device=device))
+
+    @property
+    def sizes(self) -> list[int]:
+        """Tokens per level, H_l * W_l."""
+        return [h * w for h, w in self.shapes]
+
+    @property
+    def starts(self) -> list[int]:
+        """Index of each level's first token."""
+        return list(accumulate(self.sizes[:-1], initial=0))
+
+
+def ring_offsets(num_heads: int, num_levels: int, num_points: int) -> Tensor:
+    """Initial sampling offsets [M, L, P, 2] in pixels, as the official init: head m looks
+    along the angle 2 pi m / M and its k-th point (k = 1..P) lies where that ray crosses the
+    square ring of L-infinity radius k around the reference point, on every level."""
+    angle = torch.arange(num_heads, dtype=torch.float32) * (2.0 * math.pi / num_heads)
+    ray = torch.stack([angle.cos(), angle.sin()], -1)                      # [M, 2], unit L2 length
+    ray = ray / ray.abs().amax(-1, keepdim=True)                           # unit L-infinity length
+    radius = torch.arange(1, num_points + 1, dtype=torch.float32)          # [P]
+    return (ray[:, None, None, :] * radius[:, None]).expand(-1, num_levels, -1, -1)
 
 
 class MultiScaleDeformableAttention(nn.Module):
@@ -29,28 +67,22 @@ class MultiScaleDeformableAttention(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # Offsets start on a ring of directions, one per head, k pixels out for point k.
+        """Offsets start at ``ring_offsets`` whatever the query; attention starts uniform."""
         nn.init.zeros_(self.sampling_offsets.weight)
-        thetas = torch.arange(self.num_heads, dtype=torch.float32) * (2.0 * math.pi / self.num_heads)
-        grid = torch.stack([thetas.cos(), thetas.sin()], -1)
-        grid = grid / grid.abs().max(-1, keepdim=True)[0]
-        grid = grid.view(self.num_heads, 1, 1, 2).repeat(1, self.num_levels, self.num_points, 1)
-        grid *= torch.arange(1, self.num_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
         with torch.no_grad():
-            self.sampling_offsets.bias.copy_(grid.flatten())
+            self.sampling_offsets.bias.copy_(ring_offsets(self.num_heads, self.num_levels, self.num_points).flatten())
         nn.init.zeros_(self.attention_weights.weight)
         nn.init.zeros_(self.attention_weights.bias)
         for proj in (self.value_proj, self.output_proj):
             nn.init.xavier_uniform_(proj.weight)
             nn.init.zeros_(proj.bias)
 
-    def forward(self, query: Tensor, reference_points: Tensor, value: Tensor, spatial_shapes: Tensor,
+    def forward(self, query: Tensor, reference_points: Tensor, value: Tensor, levels: LevelLayout,
                 padding_mask: Tensor | None = None) -> Tensor:
         """
         query:            [B, Q, C]
         reference_points: [B, Q, L, 2] (x, y) or [B, Q, L, 4] (cx, cy, w, h), normalized
-        value:            [B, S, C] flattened multi-scale features
-        spatial_shapes:   [L, 2] (H_l, W_l)
+        value:            [B, S, C] flattened multi-scale features laid out as ``levels``
         padding_mask:     [B, S] True on padding
         returns           [B, Q, C]
         """
@@ -64,11 +96,10 @@ class MultiScaleDeformableAttention(nn.Module):
         weights = F.softmax(self.attention_weights(query).view(B, Q, M, L * P), -1).view(B, Q, M, L, P)
         if reference_points.shape[-1] == 2:
             # offsets are in pixels of each level: divide by (W_l, H_l)
-            normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1)
-            locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+            locations = reference_points[:, :, None, :, None, :] + offsets / levels.wh[None, None, None, :, None, :]
         elif reference_points.shape[-1] == 4:
             locations = (reference_points[:, :, None, :, None, :2]
                          + offsets / P * reference_points[:, :, None, :, None, 2:] * 0.5)
         else:
             raise ValueError(f"reference_points must end in 2 or 4 values, got {reference_points.shape[-1]}")
-        return self.output_proj(ms_deform_attn(v, spatial_shapes, locations, weights))
+        return self.output_proj(ms_deform_attn(v, levels.shapes, locations, weights))

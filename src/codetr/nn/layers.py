@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,11 +25,32 @@ class MLP(nn.Module):
         return x
 
 
+def sine_embed(coords: Tensor, num_feats: int, temperature: float = 10000.0, scale: float = 2 * math.pi,
+               order: Sequence[int] | None = None) -> Tensor:
+    """The sine/cosine encoding of scalar coordinates (Vaswani et al., Sec. 3.5; DETR's 2-D form).
+
+    coords [..., N] (normalized, e.g. in [0, 1]) -> [..., N * num_feats], coordinate after
+    coordinate (in ``order``, a permutation of the N coordinates, if given). With
+    a = scale * c, coordinate c gets num_feats / 2 frequencies w_j = temperature^(-2j / num_feats)
+    and, for each, the pair (sin(a w_j), cos(a w_j)).
+
+    Users: pixel positions (``SinePositionEncoding``), two-stage proposal boxes (cx, cy, w, h)
+    and DINO's anchor boxes (ordered y, x, w, h).
+    """
+    if num_feats % 2:
+        raise ValueError(f"num_feats must be even (sin/cos pairs), got {num_feats}")
+    if order is not None:
+        coords = coords[..., list(order)]
+    exponent = 2 * torch.arange(num_feats // 2, dtype=torch.float32, device=coords.device) / num_feats
+    wavelength = temperature ** exponent                                       # [F/2]
+    angle = (coords * scale)[..., None] / wavelength                           # [..., N, F/2]
+    return torch.stack((angle.sin(), angle.cos()), -1).flatten(-3)             # [..., N * F]
+
+
 class SinePositionEncoding(nn.Module):
     """2-D sine/cosine encoding of pixel positions (DETR), normalized to [0, scale] over each
     image's valid region. Output [B, 2 * num_feats, H, W]: the y half first, then x.
 
-    Each coordinate c gets features sin(c / T^(2i / F)), cos(c / T^(2i / F)) interleaved.
     DINO uses separate temperatures for y and x, hence ``temperature_h`` / ``temperature_w``,
     and no half-pixel shift of the cumulative counts (``offset`` 0; Deformable DETR: 0.5).
     """
@@ -42,19 +64,14 @@ class SinePositionEncoding(nn.Module):
         self.temperature_w = temperature_w
         self.scale = scale
 
-    def _embed(self, coord: Tensor, temperature: float) -> Tensor:
-        dim_t = torch.arange(self.num_feats, dtype=torch.float32, device=coord.device)
-        dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / self.num_feats)
-        pos = coord[..., None] / dim_t  # [B, H, W, F]
-        return torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=4).flatten(3)
-
     def forward(self, mask: Tensor) -> Tensor:
         """mask: [B, H, W] bool, True on padding."""
         not_mask = ~mask
-        y = not_mask.cumsum(1, dtype=torch.float32)
+        y = not_mask.cumsum(1, dtype=torch.float32)  # row count within the valid region
         x = not_mask.cumsum(2, dtype=torch.float32)
         eps = 1e-6
-        y = (y - self.offset) / (y[:, -1:, :] + eps) * self.scale
-        x = (x - self.offset) / (x[:, :, -1:] + eps) * self.scale
-        pos = torch.cat((self._embed(y, self.temperature_h), self._embed(x, self.temperature_w)), dim=3)
-        return pos.permute(0, 3, 1, 2)
+        y = (y - self.offset) / (y[:, -1:, :] + eps)
+        x = (x - self.offset) / (x[:, :, -1:] + eps)
+        pos = torch.cat((sine_embed(y[..., None], self.num_feats, self.temperature_h, self.scale),
+                         sine_embed(x[..., None], self.num_feats, self.temperature_w, self.scale)), dim=3)
+        return pos.permute(0, 3, 1, 2)                                         # [B, 2F, H, W]

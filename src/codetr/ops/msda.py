@@ -1,18 +1,20 @@
 """Multi-scale deformable attention core (Zhu et al., Deformable DETR, Eq. 3).
 
-For each query q, head m, level l and point k the value map of level l is sampled bilinearly
-at ``sampling_locations[q, m, l, k]`` and the samples are summed with
-``attention_weights[q, m, l, k]``:
+Eq. 2 (one map x): out(q) = sum_m W_m [ sum_k A_mqk * W'_m x(p_q + dp_mqk) ], the attention of query
+q as a weighted sum of K sampled points per head m instead of all pixels. Eq. 3 extends the sum to
+the L levels of a feature pyramid, each point sampled on its own level around the reference point
+rescaled to that level. The projections W_m, W'_m live in ``nn.MultiScaleDeformableAttention``;
+this core computes, per image, query q and head m (values already projected, V_l[m] = W'_m x^l):
 
     out[q, m] = sum_l sum_k  A[q, m, l, k] * V_l[m](p[q, m, l, k])
 
 Locations are normalized to [0, 1] over each level's map (0 = left/top edge of the first
-pixel, 1 = right/bottom edge of the last), bilinear with zero padding outside the map, which is
-what ``grid_sample(align_corners=False, padding_mode='zeros')`` computes.
+pixel, 1 = right/bottom edge of the last), so (x, y) falls on pixel coordinates
+(x W_l - 1/2, y H_l - 1/2); sampling is bilinear with zeros outside the map.
 
 Three backends, chosen by ``ms_deform_attn`` from the device and the problem size:
-- ``ms_deform_attn_grid_sample``: the readable reference (one ``grid_sample`` per level), used on
-  GPUs and the one every other backend is tested against;
+- ``ms_deform_attn_grid_sample``: the readable reference (one ``grid_sample`` per level, batched
+  over images and heads), used on GPUs and the one every other backend is tested against;
 - ``ms_deform_attn_bag`` (CPU): the same sum written as one ``embedding_bag``: each (image,
   head, query) is a bag of the L*P*4 bilinear corner rows of the value table, weighted by
   attention x bilinear weight. On CPU it runs ~2x faster forward than the reference
@@ -21,6 +23,9 @@ Three backends, chosen by ``ms_deform_attn`` from the device and the problem siz
   [Q, S] matrix per (image, head), then one batched matrix product. Its cost grows with Q x S,
   so it only pays while that is small: ~2x faster than the bag forward + backward at the
   ~340 tokens of 128 px images, even at ~1000 tokens, slower beyond.
+
+``spatial_shapes`` may be a list of (H_l, W_l) or an [L, 2] tensor; the model passes the list
+it computed once per forward, so no call reads shapes back from the device.
 """
 from __future__ import annotations
 
@@ -34,9 +39,17 @@ from torch import Tensor
 # even at ~16M (benchmarks/bench_msda.py --small).
 DENSE_MAX_ENTRIES = 1 << 23
 
+Shapes = Tensor | list[tuple[int, int]]
 
-def ms_deform_attn(value: Tensor, spatial_shapes: Tensor | list[tuple[int, int]],
-                   sampling_locations: Tensor, attention_weights: Tensor) -> Tensor:
+
+def int_shapes(spatial_shapes: Shapes) -> list[tuple[int, int]]:
+    """(H_l, W_l) per level as Python ints (a tensor is read back once, here)."""
+    rows = spatial_shapes.tolist() if isinstance(spatial_shapes, Tensor) else spatial_shapes
+    return [(int(h), int(w)) for h, w in rows]
+
+
+def ms_deform_attn(value: Tensor, spatial_shapes: Shapes, sampling_locations: Tensor,
+                   attention_weights: Tensor) -> Tensor:
     """Multi-scale deformable attention with the fastest backend for the inputs' device and
     size (shapes as in ``ms_deform_attn_grid_sample``)."""
     if value.device.type != "cpu":
@@ -48,32 +61,34 @@ def ms_deform_attn(value: Tensor, spatial_shapes: Tensor | list[tuple[int, int]]
     return backend(value, spatial_shapes, sampling_locations, attention_weights)
 
 
-def ms_deform_attn_grid_sample(value: Tensor, spatial_shapes: Tensor | list[tuple[int, int]],
-                               sampling_locations: Tensor, attention_weights: Tensor) -> Tensor:
-    """
+def ms_deform_attn_grid_sample(value: Tensor, spatial_shapes: Shapes, sampling_locations: Tensor,
+                               attention_weights: Tensor) -> Tensor:
+    """The reference, Eq. 3 summed level by level: per level, one bilinear ``grid_sample`` of
+    that level's map at every (query, point) location of every (image, head), weighted by the
+    attention and added to the output.
+
     value:               [B, S, M, D]   S = sum_l H_l * W_l tokens, M heads of D channels
     spatial_shapes:      [L, 2]         (H_l, W_l) per level, tokens flattened level by level
     sampling_locations:  [B, Q, M, L, P, 2]  (x, y) in [0, 1]
     attention_weights:   [B, Q, M, L, P]
     returns:             [B, Q, M * D]
+
+    Layout: n = (image, head) is grid_sample's batch; its Q*P points of one level form a single
+    row of the sampling grid. grid_sample(align_corners=False) addresses pixel (x W - 1/2,
+    y H - 1/2) of a map as 2 (x, y) - 1 and reads zeros outside it, as Eq. 3 wants.
     """
-    shapes = [(int(h), int(w)) for h, w in spatial_shapes]
+    shapes = int_shapes(spatial_shapes)
     B, _, M, D = value.shape
     _, Q, _, L, P, _ = sampling_locations.shape
-    value_levels = value.split([h * w for h, w in shapes], dim=1)
-    grids = 2 * sampling_locations - 1  # grid_sample wants [-1, 1]
-    sampled = []
-    for lvl, (h, w) in enumerate(shapes):
-        # [B, H*W, M, D] -> [B*M, D, H, W]
-        v = value_levels[lvl].flatten(2).transpose(1, 2).reshape(B * M, D, h, w)
-        # [B, Q, M, P, 2] -> [B*M, Q, P, 2]
-        g = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)
-        # [B*M, D, Q, P]
-        sampled.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False))
-    # [B, Q, M, L, P] -> [B*M, 1, Q, L*P]
-    weights = attention_weights.transpose(1, 2).reshape(B * M, 1, Q, L * P)
-    out = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1)  # [B*M, D, Q]
-    return out.view(B, M * D, Q).transpose(1, 2).contiguous()
+    grid = (2 * sampling_locations - 1).permute(0, 2, 3, 1, 4, 5).reshape(B * M, L, 1, Q * P, 2)
+    weights = attention_weights.permute(0, 2, 3, 1, 4).reshape(B * M, L, 1, Q, P)
+    out = value.new_zeros(B * M, D, Q)
+    for lvl, (tokens, (h, w)) in enumerate(zip(value.split([h * w for h, w in shapes], dim=1), shapes)):
+        level_map = tokens.permute(0, 2, 3, 1).reshape(B * M, D, h, w)     # [B, HW, M, D] -> [B*M, D, H, W]
+        samples = F.grid_sample(level_map, grid[:, lvl], mode="bilinear", padding_mode="zeros",
+                                align_corners=False)                        # [B*M, D, 1, Q*P]
+        out = out + (samples.view(B * M, D, Q, P) * weights[:, lvl]).sum(-1)
+    return out.view(B, M, D, Q).permute(0, 3, 1, 2).reshape(B, Q, M * D)
 
 
 def _bilinear_corners(shapes: list[tuple[int, int]], sampling_locations: Tensor,
@@ -103,10 +118,10 @@ def _bilinear_corners(shapes: list[tuple[int, int]], sampling_locations: Tensor,
     return torch.stack(rows, -1).view(B, M, Q, L * P * 4), torch.stack(weights, -1).view(B, M, Q, L * P * 4)
 
 
-def ms_deform_attn_bag(value: Tensor, spatial_shapes: Tensor | list[tuple[int, int]],
-                       sampling_locations: Tensor, attention_weights: Tensor) -> Tensor:
+def ms_deform_attn_bag(value: Tensor, spatial_shapes: Shapes, sampling_locations: Tensor,
+                       attention_weights: Tensor) -> Tensor:
     """The reference's sum as one weighted ``embedding_bag`` over the rows of the value table."""
-    shapes = [(int(h), int(w)) for h, w in spatial_shapes]
+    shapes = int_shapes(spatial_shapes)
     B, S, M, D = value.shape
     Q = sampling_locations.shape[1]
     rows, weights = _bilinear_corners(shapes, sampling_locations, attention_weights)
@@ -118,12 +133,12 @@ def ms_deform_attn_bag(value: Tensor, spatial_shapes: Tensor | list[tuple[int, i
     return out.view(B, M, Q, D).transpose(1, 2).reshape(B, Q, M * D)
 
 
-def ms_deform_attn_dense(value: Tensor, spatial_shapes: Tensor | list[tuple[int, int]],
-                         sampling_locations: Tensor, attention_weights: Tensor) -> Tensor:
+def ms_deform_attn_dense(value: Tensor, spatial_shapes: Shapes, sampling_locations: Tensor,
+                         attention_weights: Tensor) -> Tensor:
     """The reference's sum as a batched matrix product with a dense [Q, S] matrix per (image,
     head) that holds the corner weights: for small maps (a few hundred tokens) the products and
     their backward are far cheaper than gathering and scattering rows one by one."""
-    shapes = [(int(h), int(w)) for h, w in spatial_shapes]
+    shapes = int_shapes(spatial_shapes)
     B, S, M, D = value.shape
     Q = sampling_locations.shape[1]
     rows, weights = _bilinear_corners(shapes, sampling_locations, attention_weights)

@@ -1,17 +1,22 @@
-"""Fast NMS (Bolya et al. 2019, Sec. 3.3): NMS as one matrix operation. Per class, the top-k
-candidates by score get their pairwise IoU matrix X [c, k, k]; its lower triangle and
-diagonal are zeroed (X_kj for k < j compares j with higher-scoring boxes only); a candidate is
-dropped when its column maximum exceeds the threshold. Unlike greedy NMS, an already
-suppressed box may still suppress others.
+"""Fast NMS (Bolya et al. 2019, "Fast NMS"): NMS as one matrix operation.
+
+Rule: rank the candidates by score; a candidate is kept unless a *higher-ranked* candidate
+overlaps it with IoU above the threshold. With X the IoU matrix of the ranked candidates,
+X[i, j] for i < j compares j with a better candidate, so candidate j survives when
+max_i triu(X, 1)[i, j] <= threshold. Unlike greedy NMS an already suppressed candidate still
+suppresses the ones below it (A > B > C overlapping in a chain: greedy keeps A and C, Fast NMS
+only A).
+
+``fast_nms`` applies the rule per class (a box competes only with its own class's top-k);
+``cross_class_fast_nms`` once, over each box's best class.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
-from ..assign.prior_match import pairwise_overlap
+from ..boxes import box_iou
 
 
 @dataclass
@@ -25,30 +30,38 @@ class NMSResult:
     scores: Tensor
 
 
+def top_candidates(scores: Tensor, top_k: int) -> tuple[Tensor, Tensor]:
+    """scores [..., N] -> (the ``top_k`` best scores [..., k], their indices [..., k]), best first."""
+    ranked, index = scores.sort(dim=-1, descending=True)
+    return ranked[..., :top_k], index[..., :top_k]
+
+
+def survives_fast_nms(ranked_boxes: Tensor, iou_threshold: float) -> Tensor:
+    """ranked_boxes [..., k, 4] xyxy, best first -> [..., k] bool: no better-ranked box of the
+    same row overlaps it above ``iou_threshold``."""
+    iou_with_better = box_iou(ranked_boxes, ranked_boxes).triu(diagonal=1)   # [..., k (better), k]
+    return iou_with_better.amax(dim=-2) <= iou_threshold
+
+
 def fast_nms(boxes: Tensor, coeffs: Tensor, scores: Tensor, iou_threshold: float = 0.5, top_k: int = 200,
              max_detections: int = 100) -> NMSResult:
     """Per-class Fast NMS. boxes [N, 4], coeffs [N, D], scores [C, N] (foreground classes) ->
-    at most ``max_detections`` detections over all classes, by score."""
-    scores, order = scores.sort(1, descending=True)                     # [C, N]
-    order, scores = order[:, :top_k], scores[:, :top_k]                 # [C, k]
-    num_classes, k = order.shape
-    cand_boxes = boxes[order.reshape(-1)].view(num_classes, k, 4)
-    cand_coeffs = coeffs[order.reshape(-1)].view(num_classes, k, -1)
-    iou = pairwise_overlap(cand_boxes, cand_boxes).triu_(diagonal=1)    # [C, k, k]
-    keep = iou.max(1).values <= iou_threshold                           # [C, k]
-    labels = torch.arange(num_classes, device=boxes.device)[:, None].expand_as(keep)[keep]
-    scores, best = scores[keep].sort(0, descending=True)
+    the survivors of all classes, best ``max_detections`` by score."""
+    class_scores, candidate = top_candidates(scores, top_k)                  # [C, k] each
+    keep = survives_fast_nms(boxes[candidate], iou_threshold)                # [C, k, 4] -> [C, k]
+    label, rank = keep.nonzero(as_tuple=True)                                # [K] each, class-major
+    kept_scores, best = class_scores[label, rank].sort(descending=True)
     best = best[:max_detections]
-    return NMSResult(cand_boxes[keep][best], cand_coeffs[keep][best], labels[best], scores[:max_detections])
+    box_index = candidate[label, rank][best]                                 # into boxes / coeffs
+    return NMSResult(boxes[box_index], coeffs[box_index], label[best], kept_scores[:max_detections])
 
 
 def cross_class_fast_nms(boxes: Tensor, coeffs: Tensor, scores: Tensor, iou_threshold: float = 0.5,
                          top_k: int = 200) -> NMSResult:
-    """Class-agnostic Fast NMS: each candidate keeps its best class; boxes of different
-    classes suppress each other. Not capped (as official)."""
-    scores, labels = scores.max(0)                                      # [N]
-    order = scores.sort(0, descending=True).indices[:top_k]
-    cand = boxes[order]
-    iou = pairwise_overlap(cand, cand).triu_(diagonal=1)
-    kept = order[iou.max(0).values <= iou_threshold]
-    return NMSResult(boxes[kept], coeffs[kept], labels[kept], scores[kept])
+    """Class-agnostic Fast NMS: each box competes with its best class's score against boxes
+    of every class. boxes [N, 4], coeffs [N, D], scores [C, N] -> survivors in rank order,
+    not capped (as official)."""
+    best_scores, best_class = scores.max(dim=0)                              # [N] each
+    _, candidate = top_candidates(best_scores, top_k)                        # [k]
+    box_index = candidate[survives_fast_nms(boxes[candidate], iou_threshold)]
+    return NMSResult(boxes[box_index], coeffs[box_index], best_class[box_index], best_scores[box_index])

@@ -2,15 +2,19 @@
 
 Inputs are the train-mode outputs (``loc``, ``conf`` logits, ``mask`` coefficients, ``priors``,
 ``proto``, ``segm``) and per image: relative xyxy boxes, 0-based labels, masks at the network
-input resolution, and crowd boxes. With N the number of positive priors in the batch:
+input resolution, and crowd boxes. With N the number of positive priors in the batch (averaged
+over ranks, ``codetr.distributed.mean_count_over_ranks``; one process: the official N):
 
-* box  = bbox_alpha * sum smooth-L1(loc, encoded target) over positives / N
-* conf = conf_alpha * sum CE over positives and OHEM negatives (3 per positive) / N
-* mask = mask_alpha * sum over positives of the BCE of the box-cropped assembled mask with the
-  GT mask (both at prototype resolution), divided by the GT box area in prototype pixels / N;
-  the GT mask is binarised as official, or (``soft_mask_targets``) each pixel's covered fraction
-* segm = semantic_alpha * sum BCE of the 1x1 semantic logits vs the union of each class's
-  GT masks at P3 resolution / (H * W) / batch size
+* loss_box  = sum smooth-L1(loc, encoded target) over positives / N
+* loss_conf = sum CE over positives and OHEM negatives (3 per positive) / N
+* loss_mask = sum over positives of the BCE of the box-cropped assembled mask with the GT mask
+  (both at prototype resolution), divided by the GT box area in prototype pixels / N; the GT
+  mask is binarised as official, or (``soft_mask_targets``) each pixel's covered fraction
+* loss_segm = sum BCE of the 1x1 semantic logits vs the union of each class's GT masks at P3
+  resolution / (H * W) / batch size
+
+The terms are unweighted; ``weight_dict`` gives the official alphas (bbox 1.5, conf 1, mask
+6.125, semantic 1).
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import distributed as du
 from ..assign.prior_match import PriorMatch, match_priors
 from ..boxes import xyxy_to_cxcywh
 from .masks import assemble_masks, crop_masks
@@ -36,15 +41,27 @@ class LossTargets:
     crowd_boxes: Tensor | None = None
 
 
+@dataclass
+class PriorAssignment:
+    """The training targets of a batch: per image its ``PriorMatch`` (None: no objects, all
+    background); ``labels`` [B, P] (-1 neutral, 0 background, c + 1 class c) and ``loc`` [B, P, 4]
+    encoded boxes stacked; ``negatives`` [B, P] the background priors OHEM chose."""
+
+    matches: list[PriorMatch | None]
+    labels: Tensor
+    loc: Tensor
+    negatives: Tensor
+
+
 class YolactLoss:
     def __init__(self, pos_threshold: float = 0.5, neg_threshold: float = 0.4, crowd_threshold: float = 0.7,
                  negpos_ratio: int = 3, bbox_alpha: float = 1.5, conf_alpha: float = 1.0,
                  mask_alpha: float = 6.125, semantic_alpha: float = 1.0, masks_to_train: int = 100,
                  soft_mask_targets: bool = False) -> None:
         self.pos_threshold, self.neg_threshold, self.crowd_threshold = pos_threshold, neg_threshold, crowd_threshold
-        self.negpos_ratio = negpos_ratio
-        self.bbox_alpha, self.conf_alpha, self.mask_alpha = bbox_alpha, conf_alpha, mask_alpha
-        self.semantic_alpha, self.masks_to_train = semantic_alpha, masks_to_train
+        self.negpos_ratio, self.masks_to_train = negpos_ratio, masks_to_train
+        self.weight_dict = {"loss_box": bbox_alpha, "loss_conf": conf_alpha, "loss_mask": mask_alpha,
+                            "loss_segm": semantic_alpha}
         self.soft_mask_targets = soft_mask_targets
 
     def match(self, targets: list[LossTargets], priors: Tensor) -> list[PriorMatch | None]:
@@ -54,25 +71,26 @@ class YolactLoss:
                 for t in targets]
 
     def __call__(self, outputs: dict[str, Tensor], targets: list[LossTargets]) -> dict[str, Tensor]:
-        """Returns ``loss_box``, ``loss_conf``, ``loss_mask``, ``loss_segm`` (already weighted)
-        plus ``_match`` (per-image matches) and ``_ohem_negatives`` [B, P] bool for inspection."""
-        loc, conf, priors = outputs["loc"], outputs["conf"], outputs["priors"]
-        B, P = conf.shape[:2]
-        matches = self.match(targets, priors)
+        """The unweighted ``loss_box``, ``loss_conf``, ``loss_mask`` and ``loss_segm``."""
+        loc, conf = outputs["loc"], outputs["conf"]
+        assignment = self.assign(outputs, targets)
+        labels, positive = assignment.labels, assignment.labels > 0
+        num_pos = du.mean_count_over_ranks(positive.sum())
+        chosen = positive | assignment.negatives
+        return {"loss_box": F.smooth_l1_loss(loc[positive], assignment.loc[positive], reduction="sum") / num_pos,
+                "loss_conf": F.cross_entropy(conf[chosen], labels[chosen], reduction="sum") / num_pos,
+                "loss_mask": self.mask_loss(outputs["proto"], outputs["mask"], assignment.matches, targets) / num_pos,
+                "loss_segm": self.semantic_loss(outputs["segm"], targets) / conf.shape[0]}
+
+    @torch.no_grad()
+    def assign(self, outputs: dict[str, Tensor], targets: list[LossTargets]) -> PriorAssignment:
+        """Prior matching, then OHEM on the class logits."""
+        conf, P = outputs["conf"], outputs["conf"].shape[1]
+        matches = self.match(targets, outputs["priors"])
         labels = torch.stack([m.labels if m is not None else conf.new_zeros(P, dtype=torch.long)
                               for m in matches])                                          # [B, P]
-        positive = labels > 0
-        num_pos = positive.sum().clamp(min=1).to(loc.dtype)
-        loc_t = torch.stack([m.loc if m is not None else loc.new_zeros(P, 4) for m in matches])
-        loss_box = F.smooth_l1_loss(loc[positive], loc_t[positive], reduction="sum") * self.bbox_alpha
-        negatives = self.hard_negatives(conf, labels)
-        chosen = positive | negatives
-        loss_conf = F.cross_entropy(conf[chosen], labels[chosen], reduction="sum") * self.conf_alpha
-        loss_mask = self.mask_loss(outputs["proto"], outputs["mask"], matches, targets)
-        loss_segm = self.semantic_loss(outputs["segm"], targets)
-        return {"loss_box": loss_box / num_pos, "loss_conf": loss_conf / num_pos,
-                "loss_mask": loss_mask / num_pos, "loss_segm": loss_segm / B,
-                "_match": matches, "_ohem_negatives": negatives}
+        loc = torch.stack([m.loc if m is not None else conf.new_zeros(P, 4) for m in matches])
+        return PriorAssignment(matches, labels, loc, self.hard_negatives(conf, labels))
 
     def hard_negatives(self, conf: Tensor, labels: Tensor) -> Tensor:
         """OHEM: per image the ``negpos_ratio * num_pos`` background priors with the largest
@@ -110,7 +128,7 @@ class YolactLoss:
             wh = xyxy_to_cxcywh(boxes)[:, 2:]
             per_mask = bce / (wh[:, 0] * w) / (wh[:, 1] * h) * (h * w)
             total = total + per_mask.sum() * (num_all / len(truth))
-        return total * self.mask_alpha / (h * w)
+        return total / (h * w)
 
     def mask_targets(self, masks: Tensor, hw: tuple[int, int]) -> Tensor:
         """GT masks [n, H, W] -> [n, h, w] at prototype resolution: official, bilinear
@@ -130,7 +148,7 @@ class YolactLoss:
                     for label, m in zip(t.labels.tolist(), binarised_resize(t.masks, (H, W)).to(segm.dtype)):
                         target[label] = torch.max(target[label], m)
             total = total + F.binary_cross_entropy_with_logits(segm[b], target, reduction="sum")
-        return total / (H * W) * self.semantic_alpha
+        return total / (H * W)
 
 
 def binarised_resize(masks: Tensor, hw: tuple[int, int]) -> Tensor:

@@ -14,15 +14,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..assign.prior_match import decode_boxes
 from ..backbones import ResNetBackbone
 from ..backbones.dcn import add_deformable_convs
+from ..boxes import ssd_decode
 from ..config_checks import COMMON_MINIMUMS, require_at_least
-from ..detector import Detector, InputSpec
-from ..images import ImageLike, load_rgb
+from ..detector import Detector, InputSpec, LossOutput
 from ..structures import ClassInfo, Detections, Target
 from .fast_nms import NMSResult, cross_class_fast_nms, fast_nms
 from .fpn import YolactFPN
@@ -141,8 +139,8 @@ class Yolact(Detector):
             out["segm"] = self.semantic_seg_conv(feats[0])
         return out
 
-    def forward(self, images: Tensor, sizes: Tensor, targets: list[Target] | None = None) -> dict:
-        """Train mode: weighted losses. Eval mode: ``loc``, ``conf`` (softmax, background in
+    def forward(self, images: Tensor, sizes: Tensor, targets: list[Target] | None = None) -> dict | LossOutput:
+        """Train mode: the weighted losses. Eval mode: ``loc``, ``conf`` (softmax, background in
         column 0), ``mask``, ``priors``, ``proto`` as the official model passes them to ``Detect``."""
         out = self.forward_raw(images)
         if not self.training:
@@ -151,7 +149,7 @@ class Yolact(Detector):
         if targets is None:
             raise ValueError("Yolact in train mode needs targets")
         losses = self.float32_loss(self.criterion, out, loss_targets(targets, images.shape[-2:]))
-        return {k: v for k, v in losses.items() if k.startswith("loss")}
+        return LossOutput.weigh(losses, self.criterion.weight_dict)
 
     # -- inference -------------------------------------------------------------------------
     @torch.no_grad()
@@ -166,7 +164,7 @@ class Yolact(Detector):
             if not bool(keep.any()):
                 results.append(None)
                 continue
-            boxes = decode_boxes(loc[keep], outputs["priors"][keep])
+            boxes = ssd_decode(loc[keep], outputs["priors"][keep])
             if c.cross_class_nms:
                 results.append(cross_class_fast_nms(boxes, coeffs[keep], scores[:, keep], c.nms_threshold, c.top_k))
             else:
@@ -212,22 +210,6 @@ class Yolact(Detector):
             self.train(was_training)
         return [self.detections_at(result, proto, tuple(orig))
                 for result, proto, orig in zip(self.nms(outputs), outputs["proto"], orig_sizes)]
-
-    def prepare(self, images: Sequence[ImageLike]) -> tuple[Tensor, Tensor, list[tuple[int, int]]]:
-        """The official ``FastBaseTransform``: bilinear resize (no antialiasing) to a
-        ``max_size`` square, normalised with the 0-255 RGB mean and std."""
-        spec = self.input_spec
-        size = self.config.max_size
-        mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-        std = torch.tensor(spec.std).view(1, 3, 1, 1)
-        batch, orig = [], []
-        for image in images:
-            rgb = load_rgb(image)
-            orig.append((int(rgb.shape[1]), int(rgb.shape[2])))
-            x = F.interpolate(rgb[None].float(), size=(size, size), mode="bilinear", align_corners=False)
-            x = x if spec.scale_255 else x / 255
-            batch.append((x - mean) / std)
-        return torch.cat(batch), torch.tensor([[size, size]] * len(batch)), orig
 
 
 def empty_detections(device: torch.device, hw: tuple[int, int]) -> Detections:

@@ -1,7 +1,8 @@
 """Thin helpers over ``torch.distributed``; every function also works in a single process.
 
-``init_distributed()`` reads the torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK,
-MASTER_ADDR, MASTER_PORT) and picks nccl on CUDA, gloo on CPU.
+A low module: models (loss normalisers) and the engine (DDP, gathering results) both use it,
+and it imports nothing of codetr. ``init_distributed()`` reads the torchrun environment (RANK,
+WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) and picks nccl on CUDA, gloo on CPU.
 """
 from __future__ import annotations
 
@@ -62,6 +63,22 @@ def all_reduce_mean(tensor: Tensor) -> Tensor:
         dist.all_reduce(out)
         out = out.to(tensor.device) / world_size()
     return out
+
+
+def nanmean_over_ranks(tensor: Tensor) -> Tensor:
+    """Element-wise mean over ranks of ``tensor``, leaving out the ranks where an element is
+    NaN (NaN where it is NaN on every rank)."""
+    present = ~tensor.isnan()
+    sums = all_reduce_mean(torch.stack([tensor.nan_to_num(0.0), present.to(tensor.dtype)]))
+    return sums[0] / sums[1]
+
+
+def mean_count_over_ranks(count: Tensor | float) -> float:
+    """The loss normaliser of every family: ``count`` (target boxes, positive points or priors)
+    averaged over ranks, at least 1, so that under DDP each rank's loss is normalised as one
+    process holding the whole batch. Collective: every rank calls it, in the same order."""
+    count = torch.as_tensor(count, dtype=torch.float32)
+    return max(1.0, float(all_reduce_mean(count)))
 
 
 def all_gather_object(obj: Any) -> list[Any]:
