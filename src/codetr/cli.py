@@ -17,13 +17,28 @@ EPILOG = """examples:
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .registry import cli_names
+PROCS_HELP = ("CPU training in this many single-threaded DDP processes (gloo); train.batch_size is per process "
+              "(default: the recipe's train.procs, at most one per core). For GPUs use torchrun")
 
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="codetr", description="Modern object detectors in plain PyTorch.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_training_commands(sub)
+    _add_model_commands(sub)
+    ds = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    s = ds.add_parser("synth", help="write a synthetic COCO-format shapes dataset")
+    s.add_argument("out")
+    s.add_argument("--train", type=int, default=1000)
+    s.add_argument("--val", type=int, default=200)
+    s.add_argument("--size", type=int, default=128)
+    s.add_argument("--seed", type=int, default=0)
+    sub.add_parser("models", help="list the zoo's model names")
+    return p
 
+
+def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("demo", help="make a synthetic dataset, train the tiny model, print COCO AP, draw predictions")
     d.add_argument("--out", default=None, help="output folder (data, checkpoints, drawings; default runs/demo, "
                                                "or runs/demo-N when that holds a run)")
@@ -31,9 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=4")
     d.add_argument("--train-images", type=int, default=1000, help="synthetic train images (default %(default)s)")
     d.add_argument("--val-images", type=int, default=200, help="synthetic val images (default %(default)s)")
-    d.add_argument("--procs", type=int, default=None,
-                   help="training processes (DDP on CPU; default: the recipe's train.procs, at most one per "
-                        "core); train.batch_size is per process")
+    d.add_argument("--procs", type=int, default=None, help=PROCS_HELP)
 
     t = sub.add_parser("train", help="train a zoo model on a COCO-format dataset")
     t.add_argument("model", help="zoo model name (see `codetr models`)")
@@ -45,14 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="config overrides: train.epochs=24 train.lr=1e-4 data.train_scales=[96,128] ...")
     t.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="resume from a checkpoint (default: <out>/last.ckpt)")
-    t.add_argument("--procs", type=int, default=None,
-                   help="CPU training in this many single-threaded DDP processes (gloo); train.batch_size is "
-                        "per process (default: the recipe's train.procs, at most one per core). For GPUs use "
-                        "torchrun")
+    t.add_argument("--procs", type=int, default=None, help=PROCS_HELP)
+
+
+def _add_model_commands(sub: argparse._SubParsersAction) -> None:
+    from .registry import cli_names
 
     e = sub.add_parser("eval", help="COCO AP of a checkpoint on a dataset's val split")
     e.add_argument("checkpoint")
-    e.add_argument("--data", required=True, help="COCO-style root (or use --ann/--images)")
+    e.add_argument("--data", required=True, help="COCO-style root: annotations/instances_val.json and val/")
     e.add_argument("--batch-size", type=int, default=4)
     e.add_argument("--results", default=None, help="also write the COCO results json here")
 
@@ -68,17 +82,6 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("output", help="codetr checkpoint to write")
     c.add_argument("--config", default=None, help="JSON of official config values, if the file carries none")
     c.add_argument("--ema", action="store_true", help="DINO: convert the EMA weights ('ema_model')")
-
-    ds = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
-    s = ds.add_parser("synth", help="write a synthetic COCO-format shapes dataset")
-    s.add_argument("out")
-    s.add_argument("--train", type=int, default=1000)
-    s.add_argument("--val", type=int, default=200)
-    s.add_argument("--size", type=int, default=128)
-    s.add_argument("--seed", type=int, default=0)
-
-    sub.add_parser("models", help="list the zoo's model names")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
