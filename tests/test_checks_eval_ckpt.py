@@ -200,9 +200,9 @@ def test_create_refuses_num_classes_below_one(num_classes):
 @pytest.mark.parametrize("name, field, value", [
     ("dino_tiny", "num_queries", 0), ("dino_tiny", "dn_number", -1), ("dino_tiny", "hidden_dim", 0),
     ("deformable_detr_tiny", "dec_layers", 0), ("deformable_detr_tiny", "num_select", 0),
-    ("deformable_detr_tiny", "res2_channels", 0), ("defcn_tiny", "fpn_channels", 0),
+    ("defcn_tiny", "fpn_channels", 0),
     ("defcn_tiny", "topk_candidates", -1), ("yolact_tiny", "num_prototypes", 0), ("yolact_tiny", "max_size", -1),
-    ("yolact_tiny", "masks_to_train", 0), ("dino_tiny", "num_queries", 2.5),
+    ("yolact_tiny", "masks_to_train", 0),
 ])
 def test_create_refuses_counts_that_crash_or_misbehave(name, field, value):
     config = type(codetr.create(name, num_classes=3).config).__name__
@@ -210,6 +210,23 @@ def test_create_refuses_counts_that_crash_or_misbehave(name, field, value):
         codetr.create(name, num_classes=3, **{field: value})
 
 
+@pytest.mark.parametrize("name, field, value", [
+    ("deformable_detr_tiny", "res2_channels", 0), ("dino_tiny", "stem_channels", 0),
+    ("defcn_tiny", "width_per_group", 0), ("yolact_tiny", "dcn_interval", 0),
+])
+def test_create_refuses_backbone_counts(name, field, value):
+    with pytest.raises(ValueError, match=rf"^BackboneConfig\.{field} must be an int >= 1, got {value!r}$"):
+        codetr.create(name, num_classes=3, backbone={field: value})
+
+
+def test_create_type_checks_overrides():
+    with pytest.raises(ValueError, match=r"config key 'num_queries' expects int, got 2.5"):
+        codetr.create("dino_tiny", num_classes=3, num_queries=2.5)
+    with pytest.raises(ValueError, match=r"config key 'backbone.depth' expects int, got '18'"):
+        codetr.create("dino_tiny", num_classes=3, backbone={"depth": "18"})
+
+
 def test_optional_counts_may_stay_unset():
-    assert codetr.create("dino_tiny", num_classes=3, res2_channels=None, enc_layers=0).config.enc_layers == 0
+    model = codetr.create("dino_tiny", num_classes=3, backbone={"res2_channels": None}, enc_layers=0)
+    assert model.config.enc_layers == 0 and model.config.backbone.res2_channels is None
     assert codetr.create("defcn_tiny", num_classes=3, aux_topk=None, num_convs=0).config.aux_topk is None

@@ -17,15 +17,14 @@ from codetr.recipes import RECIPES
 from codetr.registry import FAMILIES
 from codetr.structures import ClassInfo, Target
 
-DETR = dict(backbone_depth=18, stem_channels=8, res2_channels=8, hidden_dim=32, num_heads=2, enc_layers=1,
-            dec_layers=2, ffn_dim=32, num_queries=10, num_select=10)
+BACKBONE = {"depth": 18, "stem_channels": 8, "res2_channels": 8}
+DETR = dict(backbone=BACKBONE, hidden_dim=32, num_heads=2, enc_layers=1, dec_layers=2, ffn_dim=32, num_queries=10,
+            num_select=10)
 TINY = {  # family -> config overrides that shrink any of its zoo entries
     "deformable_detr": DETR,
     "dino": {**DETR, "dn_number": 3},
-    "yolact": dict(backbone_depth=18, stem_channels=8, res2_channels=8, fpn_features=16, num_prototypes=4,
-                   max_size=64, conf_threshold=0.0),
-    "defcn": dict(backbone_depth=18, stem_channels=8, res2_channels=8, fpn_channels=64, num_convs=1,
-                  score_threshold=0.0),
+    "yolact": dict(backbone=BACKBONE, fpn_features=16, num_prototypes=4, max_size=64, conf_threshold=0.0),
+    "defcn": dict(backbone=BACKBONE, fpn_channels=64, num_convs=1, score_threshold=0.0),
 }
 SPEC = {"min_size": 64, "max_size": 96}  # the non-square families' tiny input
 HW = (64, 64)                             # the train / eval batch's images

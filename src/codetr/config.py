@@ -17,9 +17,9 @@ import json
 import types
 import typing
 import warnings
-from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from torch import device as torch_device
 
@@ -174,15 +174,39 @@ def to_dict(cfg: Any) -> dict:
 
 
 def from_dict(cls: type, d: dict, prefix: str = "") -> Any:
-    """Build config dataclass ``cls`` from a (possibly partial) dict, type-checking every value."""
+    """Build config dataclass ``cls`` from a (possibly partial) dict, type-checking every value.
+    A dict given for a nested config dataclass updates that field's default (see ``update``)."""
     if not isinstance(d, dict):
         raise ConfigError(f"{prefix or cls.__name__}: expected a dict, got {type(d).__name__}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
+    return cls(**_typed(cls, d, _default, prefix))
+
+
+def update(cfg: Any, changes: dict, prefix: str = "") -> Any:
+    """A copy of config dataclass ``cfg`` with ``changes`` (field -> value) applied, type-checked.
+    A dict given for a nested config dataclass updates that config the same way, so
+    ``update(yolact, {"backbone": {"depth": 101}})`` keeps the other backbone fields."""
+    if not isinstance(changes, dict):
+        raise ConfigError(f"{prefix or type(cfg).__name__}: expected a dict, got {type(changes).__name__}")
+    return replace(cfg, **_typed(type(cfg), changes, lambda f: getattr(cfg, f.name), prefix))
+
+
+def _default(f: Field) -> Any:
+    return f.default if f.default_factory is MISSING else f.default_factory()
+
+
+def _typed(cls: type, d: dict, current: Callable[[Field], Any], prefix: str) -> dict[str, Any]:
+    """The type-checked values of ``d``'s fields of ``cls``; ``current(field)`` is the value a
+    dict updates when the field is a config dataclass."""
+    hints, by_name = typing.get_type_hints(cls), {f.name: f for f in fields(cls)}
+    out = {}
     for key, value in d.items():
         _check_field(cls, key, prefix)
-        kwargs[key] = _coerce(value, hints[key], prefix + key)
-    return cls(**kwargs)
+        base = current(by_name[key]) if is_dataclass(hints[key]) and isinstance(value, dict) else None
+        if is_dataclass(base):
+            out[key] = update(base, value, f"{prefix}{key}.")
+        else:
+            out[key] = _coerce(value, hints[key], prefix + key)
+    return out
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:

@@ -20,8 +20,8 @@ def require_at_least(config: Any, minimums: dict[str, int]) -> None:
             raise ValueError(f"{type(config).__name__}.{name} must be an int >= {least}, got {value!r}")
 
 
-# fields every family has: classes and the ResNet widths (res2_channels 0 would silently mean "default")
-COMMON_MINIMUMS = {"num_classes": 1, "stem_channels": 1, "res2_channels": 1}
+# fields every family has (the backbone's minimums: BackboneConfig)
+COMMON_MINIMUMS = {"num_classes": 1}
 # DeformableDETRConfig and DINOConfig; 0 encoder layers is a valid (encoder-free) ablation
 DETR_MINIMUMS = {**COMMON_MINIMUMS, "hidden_dim": 1, "num_heads": 1, "enc_layers": 0, "dec_layers": 1,
                  "ffn_dim": 1, "num_feature_levels": 1, "enc_points": 1, "dec_points": 1, "num_queries": 1,

@@ -1,9 +1,12 @@
-"""Loss functions shared by the families, element-wise: callers sum and normalise."""
+"""Loss functions shared by the families, element-wise: callers sum and normalise (mmdet's
+``avg_factor`` normalisation: ``reduce_by_avg_factor``)."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+F32_EPS = torch.finfo(torch.float32).eps  # mmdet weight_reduce_loss's eps
 
 
 def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
@@ -31,3 +34,13 @@ def focal_modulation(prob: Tensor, targets: Tensor, ce: Tensor, alpha: float, ga
     if alpha >= 0:
         loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
     return loss
+
+
+def reduce_by_avg_factor(loss: Tensor, avg_factor: float | Tensor, eps: float = F32_EPS,
+                         summed: bool = False) -> Tensor:
+    """mmdet ``weight_reduce_loss(reduction='mean', avg_factor=...)``: ``sum(loss) / (avg_factor
+    + eps)``, eps the float32 machine epsilon (weights already applied). ``summed``: ``loss``
+    already holds sums (e.g. per-level sums [L]), each divided alone. Returns a scalar, or a
+    tensor shaped like ``loss`` when ``summed``."""
+    total = loss if summed else loss.sum()
+    return total / (avg_factor + eps)

@@ -7,10 +7,11 @@ The data and schedule each name trains with by default: ``codetr.recipes``.
 """
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import replace
 from typing import Any, Callable
 
-from .config import from_dict
+from .backbones import BackboneConfig
+from .config import from_dict, update
 from .dense.defcn import DeFCNConfig
 from .detector import Detector, InputSpec
 from .detr.deformable_detr import DeformableDETRConfig
@@ -39,7 +40,9 @@ def list_models() -> list[str]:
 def create(name: str, num_classes: int | None = None, classes: ClassInfo | None = None,
            input_spec: InputSpec | dict | None = None, **overrides: Any) -> Detector:
     """Build a zoo model. ``classes`` (or ``num_classes``) sets the label set; ``overrides``
-    replace fields of the model's config dataclass (e.g. ``num_queries=100``); ``input_spec``
+    replace fields of the model's config dataclass, type-checked (e.g. ``num_queries=100``; a
+    dict updates a nested config: ``backbone={"depth": 101}`` keeps the other backbone fields,
+    ``--set model_args.backbone.depth=101`` on the command line); ``input_spec``
     (an ``InputSpec``, or a dict of its fields such as ``{"min_size": 640}``) replaces the
     model's preprocessing (``--set model_args.input_spec.min_size=640`` on the command line)."""
     if name not in _MODELS:
@@ -62,12 +65,7 @@ def _build(family: str, classes: ClassInfo, base: Any, spec: InputSpec | None, o
     """``family``'s model from config ``base`` with ``overrides`` and the label set ``classes``;
     ``spec`` None: the family's default preprocessing."""
     fam = get_family(family)
-    known = {f.name for f in fields(fam.config)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"unknown {fam.config.__name__} fields {unknown}; known: {sorted(known)}")
-    config = replace(base, **{**overrides, "num_classes": len(classes)})
-    return fam.model(config, classes, spec)
+    return fam.model(update(base, {**overrides, "num_classes": len(classes)}), classes, spec)
 
 
 # -- Deformable DETR ---------------------------------------------------------------------------
@@ -93,8 +91,7 @@ def deformable_detr_r50_two_stage(classes: ClassInfo, **overrides: Any) -> Detec
 # the tiny DETRs' input: evaluated (and predicted) at the top training scale, ~128 px images
 TINY_INPUT = InputSpec(min_size=128, max_size=170)
 # half-width ResNet-18 (stem 32, res2 32) with trainable BatchNorm: learns from scratch
-TINY_BACKBONE = dict(backbone_depth=18, backbone_norm="bn", backbone_frozen_stages=-1, stem_channels=32,
-                     res2_channels=32)
+TINY_BACKBONE = BackboneConfig(depth=18, norm="bn", frozen_stages=-1, stem_channels=32, res2_channels=32)
 
 
 @register("deformable_detr_tiny")
@@ -102,7 +99,7 @@ def deformable_detr_tiny(classes: ClassInfo, **overrides: Any) -> Detector:
     """Two-stage + box refine on a half-width ResNet-18 with trainable BN, 128-d, for ~128 px
     images: trains from scratch on CPU (the demo, tests)."""
     base = DeformableDETRConfig(
-        **TINY_BACKBONE, hidden_dim=128, num_heads=4, enc_layers=2, dec_layers=3, ffn_dim=512, dropout=0.0,
+        backbone=TINY_BACKBONE, hidden_dim=128, num_heads=4, enc_layers=2, dec_layers=3, ffn_dim=512, dropout=0.0,
         num_feature_levels=4, num_queries=50, with_box_refine=True, two_stage=True, num_select=50)
     return _build("deformable_detr", classes, base, replace(TINY_INPUT), overrides)
 
@@ -129,7 +126,7 @@ def dino_tiny(classes: ClassInfo, **overrides: Any) -> Detector:
     denoising queries. 100 queries learned faster per image than 50 on the synthetic shapes
     (benchmarks/RESULTS.md)."""
     base = DINOConfig(
-        **TINY_BACKBONE, hidden_dim=128, num_heads=4, enc_layers=2, dec_layers=3, ffn_dim=512, dropout=0.0,
+        backbone=TINY_BACKBONE, hidden_dim=128, num_heads=4, enc_layers=2, dec_layers=3, ffn_dim=512, dropout=0.0,
         num_feature_levels=4, num_queries=100, dn_number=50, num_select=100)
     return _build("dino", classes, base, replace(TINY_INPUT), overrides)
 
@@ -141,13 +138,13 @@ _YOLACT_PLUS_SCALES = [[s * 2 ** (j / 3.0) for j in range(3)] for s in (24, 48, 
 @register("yolact_r50_550")
 def yolact_r50_550(classes: ClassInfo, **overrides: Any) -> Detector:
     """YOLACT, ResNet-50-FPN, 550 px (official: 28.2 mask AP on COCO test-dev, 42.5 fps on a Titan Xp)."""
-    return _build("yolact", classes, YolactConfig(backbone_depth=50), None, overrides)
+    return _build("yolact", classes, YolactConfig(), None, overrides)
 
 
 @register("yolact_r101_550")
 def yolact_r101_550(classes: ClassInfo, **overrides: Any) -> Detector:
     """YOLACT, ResNet-101-FPN, 550 px (official: 29.8 mask AP on COCO test-dev, 33.5 fps)."""
-    return _build("yolact", classes, YolactConfig(backbone_depth=101), None, overrides)
+    return _build("yolact", classes, update(YolactConfig(), {"backbone": {"depth": 101}}), None, overrides)
 
 
 @register("yolact_plus_r50_550")
@@ -155,8 +152,8 @@ def yolact_plus_r50_550(classes: ClassInfo, **overrides: Any) -> Detector:
     """YOLACT++ R50: modulated deformable convs in the last 4 / 6 / 3 blocks of C3-C5, 3 scales x
     3 ratios per location, non-square anchors (official: 34.1 mask AP with the mask re-scoring
     branch, which codetr does not include)."""
-    base = YolactConfig(backbone_depth=50, dcn_layers=[0, 4, 6, 3], dcn_interval=1,
-                        pred_scales=_YOLACT_PLUS_SCALES, square_anchors=False)
+    base = update(YolactConfig(), {"backbone": {"dcn_layers": (0, 4, 6, 3)}, "pred_scales": _YOLACT_PLUS_SCALES,
+                                   "square_anchors": False})
     return _build("yolact", classes, base, None, overrides)
 
 
@@ -169,8 +166,7 @@ def yolact_tiny(classes: ClassInfo, **overrides: Any) -> Detector:
     does: smaller anchors learned much slower here. Its mask loss takes soft targets (each 4x4-pixel
     prototype cell's covered fraction, not the official bilinear sample thresholded at 0.5): at
     32x32 prototypes most synthetic objects span 2-10 cells (measurements: benchmarks/RESULTS.md)."""
-    base = YolactConfig(backbone_depth=18, stem_channels=32, res2_channels=32, max_size=128, fpn_features=64,
-                        soft_mask_targets=True)
+    base = YolactConfig(backbone=TINY_BACKBONE, max_size=128, fpn_features=64, soft_mask_targets=True)
     return _build("yolact", classes, base, None, overrides)
 
 
@@ -205,7 +201,7 @@ TINY_DENSE_INPUT = InputSpec(min_size=144, max_size=192, size_divisibility=32)
 def _tiny_dense_config(**kwargs: Any) -> DeFCNConfig:
     """ResNet-18 at half width with trainable BN (nothing frozen), a 64-channel FPN and
     2-conv towers, for ~128 px images: P3-P5 only (P6/P7 would be 2x2 and 1x1 maps there)."""
-    return DeFCNConfig(**TINY_BACKBONE, stride_in_1x1=False, fpn_channels=64, num_convs=2, strides=[8, 16, 32],
+    return DeFCNConfig(backbone=TINY_BACKBONE, fpn_channels=64, num_convs=2, strides=[8, 16, 32],
                        **kwargs)
 
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from codetr.dense.atss import (ATSSHead, ATSSLossConfig, atss_head_from_mmdet, centerness_target,
-                               detections_per_class, load_official_weights, official_key_map)
+                               load_official_weights, official_key_map)
+from codetr.ops.nms import detections_per_class
 from tests.conftest import golden
 
 FIXTURES = ["co_deformable_detr_r50w16", "co_dino_5scale_r50w16"]

@@ -50,8 +50,9 @@ def close(a, b, atol):
 
 
 def test_config_read_from_official(model):
-    c = model.config
-    assert (c.stem_channels, c.res2_channels, c.width_per_group, c.stride_in_1x1, c.fpn_channels) == (16, 64, 16, True, 64)
+    c, b = model.config, model.config.backbone
+    assert (b.stem_channels, b.res2_channels, b.width_per_group, b.stride_in_1x1) == (16, 64, 16, True)
+    assert c.fpn_channels == 64
     assert (c.num_classes, c.assigner, c.max_filter, c.aux_topk, c.nms_threshold) == (5, "poto", True, 9, None)
     assert (model.input_spec.min_size, model.input_spec.max_size, model.input_spec.channel_order) == (256, 427, "BGR")
 

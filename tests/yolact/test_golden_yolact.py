@@ -5,6 +5,7 @@ Detect output -> postprocess, saved train outputs -> loss) so decisions near a t
 compare exactly; the network is checked end to end within the README's float tolerances.
 """
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -55,7 +56,7 @@ def close(a, b, atol):
 
 def test_config_read_from_official(model):
     c = model.config
-    assert (c.num_classes, c.max_size, c.backbone_depth, c.square_anchors) == (8, 256, 50, True)
+    assert (c.num_classes, c.max_size, c.backbone.depth, c.square_anchors) == (8, 256, 50, True)
     assert c.pred_scales == [[11], [22], [44], [89], [178]] and c.aspect_ratios == [1, 0.5, 2]
     assert model.classes.names[0] == "class0"
 
@@ -83,7 +84,7 @@ def test_train_outputs(model, inputs):
 def test_detect(model, eval_ref, variant):
     ref = golden(D + "detect.pt")[variant]
     net = copy.deepcopy(model)
-    net.config.cross_class_nms = variant == "cc_fast_nms"
+    net.config = replace(net.config, cross_class_nms=variant == "cc_fast_nms")
     for ours, theirs in zip(net.nms(eval_ref), ref):
         assert torch.equal(ours.labels, theirs["class"])
         close(ours.scores, theirs["score"], 1e-6)
@@ -113,7 +114,7 @@ def test_postprocess(model, eval_ref, variant):
     setting = post["variants"][variant]
     detect = golden(D + "detect.pt")["fast_nms"]
     net = copy.deepcopy(model)
-    net.config.crop_masks, net.config.score_threshold = setting["crop_masks"], setting["score_threshold"]
+    net.config = replace(net.config, crop_masks=setting["crop_masks"], score_threshold=setting["score_threshold"])
     for i, (d, ref) in enumerate(zip(detect, setting["results"])):
         result = NMSResult(d["box"], d["mask"], d["class"], d["score"])
         ours = net.detections_at(result, eval_ref["proto"][i], tuple(post["orig_hw"][i]))
@@ -197,4 +198,5 @@ def test_converter_reports_keys_by_name():
 def test_converter_infers_architecture_without_config():
     model = load_official("yolact", golden_state_dict())
     c = model.config
-    assert (c.num_classes, c.backbone_depth, c.max_size, c.square_anchors, c.dcn_layers) == (8, 50, 550, True, [0] * 4)
+    assert (c.num_classes, c.backbone.depth, c.max_size, c.square_anchors) == (8, 50, 550, True)
+    assert c.backbone.dcn_layers == (0,) * 4

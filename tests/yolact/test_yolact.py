@@ -1,17 +1,20 @@
 """The YOLACT model on tiny sizes: the data contract, training, prediction with masks,
 checkpoints, the deformable backbone and the converter's error reports."""
+from dataclasses import replace
+
 import pytest
 import torch
 from PIL import Image
 from torchvision.models import resnet50, resnet101
 
 import codetr
+from codetr.backbones import BackboneConfig
 from codetr.backbones.dcn import ModulatedDeformConv2d, add_deformable_convs
 from codetr.structures import ClassInfo, Target
 from codetr.yolact.yolact import Yolact, YolactConfig, loss_targets
 
-TINY = YolactConfig(num_classes=3, max_size=64, backbone_depth=18, fpn_features=32, num_prototypes=8,
-                    pred_scales=[[16], [32], [64], [128], [256]])
+TINY = YolactConfig(num_classes=3, max_size=64, backbone=BackboneConfig(depth=18, norm="bn", frozen_stages=-1),
+                    fpn_features=32, num_prototypes=8, pred_scales=[[16], [32], [64], [128], [256]])
 
 
 @pytest.fixture(scope="module")
@@ -83,11 +86,11 @@ def test_loss_targets_relative_to_padded_batch():
 
 def test_predict_gives_masks_in_original_pixels(model):
     image = Image.new("RGB", (70, 50), (120, 30, 200))
-    model.config.conf_threshold = 0.0  # keep candidates even for an untrained model
+    model.config = replace(model.config, conf_threshold=0.0)  # keep candidates even for an untrained model
     try:
         [det] = model.predict(image)
     finally:
-        model.config.conf_threshold = TINY.conf_threshold
+        model.config = replace(model.config, conf_threshold=TINY.conf_threshold)
     assert len(det) > 0 and det.masks.shape == (len(det), 50, 70) and det.masks.dtype == torch.bool
     assert bool((det.boxes[:, 0::2] <= 70).all()) and bool((det.boxes[:, 1::2] <= 50).all())
     assert bool((det.boxes >= 0).all()) and bool((det.labels < 3).all())
@@ -106,7 +109,7 @@ def test_checkpoint_round_trip(model, tmp_path):
 
 def test_zoo_entries():
     tiny = codetr.create("yolact_tiny", num_classes=6)
-    assert tiny.config.backbone_depth == 18 and tiny.head.num_priors == 3 and tiny.config.max_size == 128
+    assert tiny.config.backbone.depth == 18 and tiny.head.num_priors == 3 and tiny.config.max_size == 128
     assert tiny.backbone.out_channels == [64, 128, 256] and tiny.backbone.body.conv1.out_channels == 32
     plus = codetr.create("yolact_plus_r50_550", num_classes=80)
     assert plus.head.num_priors == 9 and not plus.config.square_anchors
@@ -140,11 +143,11 @@ def test_predict_files_writes_rle_masks(model, tmp_path):
     from codetr.engine.predict import predict_files
 
     Image.new("RGB", (70, 50), (10, 200, 90)).save(tmp_path / "a.png")
-    model.config.conf_threshold = 0.0
+    model.config = replace(model.config, conf_threshold=0.0)
     try:
         path = predict_files(model, [tmp_path / "a.png"], tmp_path / "out", score_threshold=0.0)
     finally:
-        model.config.conf_threshold = TINY.conf_threshold
+        model.config = replace(model.config, conf_threshold=TINY.conf_threshold)
     records = json.loads(path.read_text())
     assert records and all(r["category_id"] in (1, 5, 9) for r in records)
     for r in records[:5]:

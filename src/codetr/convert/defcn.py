@@ -7,6 +7,7 @@ the variant from the weights: ``head.max3d.*`` = 3D max filtering, ``head.center
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 from torch import Tensor
@@ -88,9 +89,10 @@ def config_from_official(config: dict, state: dict[str, Tensor]) -> DeFCNConfig:
     return DeFCNConfig(
         num_classes=int(state["head.cls_score.weight"].shape[0]) if "head.cls_score.weight" in state
         else int(f("NUM_CLASSES", 80)),
-        backbone_depth=int(r("DEPTH", 50)), backbone_frozen_stages=int(_get(config, "MODEL.BACKBONE.FREEZE_AT", 2)) - 1,
-        stem_channels=int(r("STEM_OUT_CHANNELS", 64)), res2_channels=int(r("RES2_OUT_CHANNELS", 256)),
-        width_per_group=int(r("WIDTH_PER_GROUP", 64)), stride_in_1x1=bool(r("STRIDE_IN_1X1", True)),
+        backbone=replace(d.backbone, depth=int(r("DEPTH", 50)),
+                         frozen_stages=int(_get(config, "MODEL.BACKBONE.FREEZE_AT", 2)) - 1,
+                         stem_channels=int(r("STEM_OUT_CHANNELS", 64)), res2_channels=int(r("RES2_OUT_CHANNELS", 256)),
+                         width_per_group=int(r("WIDTH_PER_GROUP", 64)), stride_in_1x1=bool(r("STRIDE_IN_1X1", True))),
         fpn_channels=int(_get(config, "MODEL.FPN.OUT_CHANNELS", d.fpn_channels)),
         strides=[int(s) for s in f("FPN_STRIDES", d.strides)],
         point_offset=float(_get(config, "MODEL.SHIFT_GENERATOR.OFFSET", d.point_offset)),

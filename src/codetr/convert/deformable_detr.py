@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from ..backbones import BackboneConfig
 from ..data.coco_names import COCO_CATEGORIES
 from ..detr.deformable_detr import DeformableDETR, DeformableDETRConfig
 from ..structures import ClassInfo
@@ -34,9 +35,10 @@ def config_from_official(args: dict, state: dict[str, Tensor]) -> DeformableDETR
     num_classes = int(state["class_embed.0.weight"].shape[0]) if "class_embed.0.weight" in state else 91
     d = DeformableDETRConfig()
     return DeformableDETRConfig(
-        num_classes=num_classes, backbone_depth=int(backbone[len("resnet"):]),
-        backbone_frozen_stages=1 if float(args.get("lr_backbone", 2e-5)) > 0 else 4,
-        dilation=bool(args.get("dilation", False)),
+        num_classes=num_classes,
+        backbone=BackboneConfig(depth=int(backbone[len("resnet"):]),
+                                frozen_stages=1 if float(args.get("lr_backbone", 2e-5)) > 0 else 4,
+                                dilation=bool(args.get("dilation", False))),
         hidden_dim=int(args.get("hidden_dim", d.hidden_dim)), num_heads=int(args.get("nheads", d.num_heads)),
         enc_layers=int(args.get("enc_layers", d.enc_layers)), dec_layers=int(args.get("dec_layers", d.dec_layers)),
         ffn_dim=int(args.get("dim_feedforward", d.ffn_dim)), dropout=float(args.get("dropout", d.dropout)),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from ..backbones import BackboneConfig
 from ..detr.dino import DINO, DINOConfig
 from .common import Rule, load_mapped, map_keys
 from .deformable_detr import coco_classes
@@ -62,9 +63,10 @@ def config_from_official(args: dict, state: dict[str, Tensor]) -> DINOConfig:
     labelbook = int(state["label_enc.weight"].shape[0]) - 1 if "label_enc.weight" in state \
         else get("dn_labelbook_size", num_classes, int)
     return DINOConfig(
-        num_classes=num_classes, backbone_depth=int(backbone[len("resnet"):]),
-        backbone_frozen_stages=1 if get("lr_backbone", 1e-5, float) > 0 else 4,
-        dilation=get("dilation", False, bool),
+        num_classes=num_classes,
+        backbone=BackboneConfig(depth=int(backbone[len("resnet"):]),
+                                frozen_stages=1 if get("lr_backbone", 1e-5, float) > 0 else 4,
+                                dilation=get("dilation", False, bool)),
         return_interm_indices=get("return_interm_indices", d.return_interm_indices, list),
         num_feature_levels=get("num_feature_levels", d.num_feature_levels, int),
         hidden_dim=get("hidden_dim", d.hidden_dim, int), num_heads=get("nheads", d.num_heads, int),

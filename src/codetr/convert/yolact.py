@@ -9,6 +9,7 @@ priors per location (9: YOLACT++ scales), at the official 550 px.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 from torch import Tensor
@@ -90,8 +91,9 @@ def config_from_official(cfg: dict, state: dict[str, Tensor]) -> YolactConfig:
         raise ValueError(f"official YOLACT fpn {fpn} is not supported (2 conv downsample layers only)")
     ratios = backbone.get("pred_aspect_ratios", [[default.aspect_ratios]])[0][0]
     return YolactConfig(
-        num_classes=num_classes, max_size=int(cfg.get("max_size", 550)), backbone_depth=_DEPTHS[blocks],
-        dcn_layers=[int(n) for n in dcn_layers], dcn_interval=dcn_interval,
+        num_classes=num_classes, max_size=int(cfg.get("max_size", 550)),
+        backbone=replace(default.backbone, depth=_DEPTHS[blocks], dcn_layers=tuple(int(n) for n in dcn_layers),
+                         dcn_interval=dcn_interval),
         fpn_features=int(fpn.get("num_features", state["fpn.lat_layers.0.weight"].shape[0])),
         pred_scales=[list(map(float, s)) for s in backbone.get("pred_scales", _PLUS_SCALES if plus
                                                                  else default.pred_scales)],

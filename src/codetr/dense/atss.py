@@ -16,7 +16,7 @@ decoded prediction. Losses, per level, as mmdet:
 * centerness BCE (FCOS, Tian et al. 2019, Eq. 3 target) on positives / N_pos;
 
 mmdet's ``avg_factor`` reduction divides by ``factor + float32 eps`` (the GIoU by ``1 + eps``
-before the centerness normaliser); that is written here, as the shared losses are elementwise.
+before the centerness normaliser): ``losses.reduce_by_avg_factor`` on the per-level sums.
 Test (mmdet ``BaseDenseHead._get_bboxes_single``): per level the ``nms_pre`` best (anchor, class)
 pairs by sigmoid(cls) over ``score_thr``, decoded and clipped to the image, rescaled to original
 pixels, scores x sigmoid(centerness), class-aware NMS, ``max_per_img`` kept.
@@ -36,10 +36,8 @@ from ..anchors import AnchorGenerator
 from ..assign.atss import atss_assign
 from ..boxes import elementwise_generalized_box_iou
 from ..coders import delta_xywh_decode
-from ..losses import sigmoid_focal_loss
+from ..losses import reduce_by_avg_factor, sigmoid_focal_loss
 from ..ops.nms import batched_nms
-
-F32_EPS = torch.finfo(torch.float32).eps  # mmdet weight_reduce_loss: sum / (avg_factor + eps)
 
 
 class ScalarScale(nn.Module):
@@ -188,17 +186,17 @@ def atss_losses(out: ATSSOutputs, tg: ATSSTargets, stds: Sequence[float], means:
     norm = du.mean_count_over_ranks(float(num_pos))
     onehot = F.one_hot(tg.labels, k + 1)[..., :k].to(cls.dtype)  # [B, N, K]
     focal = sigmoid_focal_loss(cls, onehot, cfg.focal_alpha, cfg.focal_gamma).sum(-1) * tg.valid  # [B, N]
-    loss_cls = per_level_sum(focal.sum(0), level_of, num_levels) / (norm + F32_EPS)
+    loss_cls = reduce_by_avg_factor(per_level_sum(focal.sum(0), level_of, num_levels), norm, summed=True)
     pos = tg.positive  # [B, N]
     img, idx = pos.nonzero(as_tuple=True)  # [P] each
     anchors, boxes, lvl = tg.anchors[img, idx], tg.boxes[img, idx], level_of[idx]
     ctr_t = centerness_target(anchors, boxes)  # [P]
     pred = delta_xywh_decode(anchors, deltas[img, idx], means, stds)  # [P, 4], no clipping
     giou = elementwise_generalized_box_iou(pred, boxes, eps=1e-6, clamp=True)
-    loss_giou = per_level_sum((1 - giou) * ctr_t, lvl, num_levels) / (1.0 + F32_EPS)
+    loss_giou = reduce_by_avg_factor(per_level_sum((1 - giou) * ctr_t, lvl, num_levels), 1.0, summed=True)
     ctr_norm = du.mean_count_over_ranks(per_level_sum(ctr_t.detach(), lvl, num_levels).sum())
     bce = F.binary_cross_entropy_with_logits(ctr[img, idx], ctr_t, reduction="none")
-    loss_ctr = per_level_sum(bce, lvl, num_levels) / (norm + F32_EPS)
+    loss_ctr = reduce_by_avg_factor(per_level_sum(bce, lvl, num_levels), norm, summed=True)
     tie = 0 * (deltas.sum() + ctr.sum())  # levels without positives stay in the graph
     return {"loss_cls": list((cfg.cls_weight * loss_cls).unbind(0)),
             "loss_bbox": list((cfg.giou_weight * loss_giou / ctr_norm + tie).unbind(0)),
@@ -320,10 +318,6 @@ class ATSSHead(nn.Module):
         dets, keep = batched_nms(boxes, scores, labels, {"type": "nms", "iou_threshold": self.test_cfg.nms_iou})
         return dets[:self.test_cfg.max_per_img], labels[keep][:self.test_cfg.max_per_img]
 
-
-def detections_per_class(dets: Tensor, labels: Tensor, num_classes: int) -> list[Tensor]:
-    """mmdet ``bbox2result``: dets [M, 5], labels [M] -> K tensors [M_k, 5] in input order."""
-    return [dets[labels == k] for k in range(num_classes)]
 
 
 # -- official configuration and weights ---------------------------------------------------

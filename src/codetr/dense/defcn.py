@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import batched_nms
 
-from ..backbones import ResNetBackbone
+from ..backbones import BackboneConfig, build_backbone
 from ..config_checks import COMMON_MINIMUMS, require_at_least
 from ..detector import Detector, InputSpec, LossOutput
 from ..necks.fpn import FPN
@@ -31,19 +31,13 @@ from .points import flatten_levels, points_per_level
 FCOS_SIZE_RANGES = [[-1.0, 64.0], [64.0, 128.0], [128.0, 256.0], [256.0, 512.0], [512.0, math.inf]]
 
 
-@dataclass
+@dataclass(frozen=True)
 class DeFCNConfig:
     """Every number the model is built from. Defaults: the official POTO + 3DMF + aux R-50."""
 
     num_classes: int = 80
-    # backbone (cvpods MODEL.RESNETS) and FPN
-    backbone_depth: int = 50
-    backbone_norm: str = "frozen_bn"
-    backbone_frozen_stages: int = 1       # cvpods FREEZE_AT=2: stem + res2
-    stem_channels: int = 64
-    res2_channels: int | None = None      # None: 64 (R-18/34) or 256
-    width_per_group: int = 64
-    stride_in_1x1: bool = True            # MSRA R-50 weights, as cvpods
+    # backbone (cvpods MODEL.RESNETS: FREEZE_AT=2 freezes stem + res2; MSRA R-50 weights) and FPN
+    backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(stride_in_1x1=True))
     fpn_channels: int = 256
     strides: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])
     point_offset: float = 0.5
@@ -74,7 +68,7 @@ class DeFCNConfig:
         if self.assigner not in ("poto", "fcos"):
             raise ValueError(f"DeFCNConfig.assigner must be 'poto' or 'fcos', got {self.assigner!r}")
         # 0 head convs, a 3DMF window of one level (tau 0) and aux_topk 0 (no aux loss) are valid
-        require_at_least(self, {**COMMON_MINIMUMS, "width_per_group": 1, "fpn_channels": 1, "num_convs": 0,
+        require_at_least(self, {**COMMON_MINIMUMS, "fpn_channels": 1, "num_convs": 0,
                                 "filter_kernel_size": 1, "filter_tau": 0, "aux_topk": 0, "topk_candidates": 1,
                                 "detections_per_image": 1})
 
@@ -97,9 +91,7 @@ class DeFCN(Detector):
         if len(self.classes) != config.num_classes:
             raise ValueError(f"{len(self.classes)} classes given for num_classes={config.num_classes}")
         self.config = c = config
-        self.backbone = ResNetBackbone(c.backbone_depth, c.backbone_norm, (2, 3, 4), c.backbone_frozen_stages,
-                                       stem_channels=c.stem_channels, res2_channels=c.res2_channels,
-                                       width_per_group=c.width_per_group, stride_in_1x1=c.stride_in_1x1)
+        self.backbone = build_backbone(c.backbone, (2, 3, 4))
         self.fpn = FPN(self.backbone.out_channels, c.fpn_channels, num_extra=len(c.strides) - 3, extra_from="p5")
         is_fcos = c.assigner == "fcos"
         quality = "centerness" if is_fcos else ("filter" if c.max_filter else None)

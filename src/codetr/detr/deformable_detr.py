@@ -8,13 +8,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..backbones import ResNetBackbone
+from ..backbones import BackboneConfig, build_backbone
 from ..assign import HungarianMatcher
 from ..boxes import cxcywh_to_xyxy, xyxy_to_cxcywh
 from ..config_checks import DETR_MINIMUMS, require_at_least
@@ -25,17 +25,12 @@ from .criterion import SetCriterion, loss_weights
 from .transformer import DeformableTransformer, Intermediates, TokenSelection, predict_per_layer
 
 
-@dataclass
+@dataclass(frozen=True)
 class DeformableDETRConfig:
     """Every number the model is built from. Defaults are the official R50 settings."""
 
     num_classes: int = 91
-    backbone_depth: int = 50
-    backbone_norm: str = "frozen_bn"
-    backbone_frozen_stages: int = 1
-    dilation: bool = False
-    stem_channels: int = 64               # ResNet widths (see ResNetBackbone); the defaults load
-    res2_channels: int | None = None      # torchvision / official weights
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
     hidden_dim: int = 256
     num_heads: int = 8
     enc_layers: int = 6
@@ -92,9 +87,7 @@ class DeformableDETR(Detector):
             raise ValueError(f"{len(self.classes)} classes given for num_classes={config.num_classes}")
         self.config = c = config
         num_backbone_levels = min(c.num_feature_levels, 3)
-        self.backbone = ResNetBackbone(c.backbone_depth, c.backbone_norm, range(5 - num_backbone_levels, 5),
-                                       c.backbone_frozen_stages, c.dilation,
-                                       stem_channels=c.stem_channels, res2_channels=c.res2_channels)
+        self.backbone = build_backbone(c.backbone, range(5 - num_backbone_levels, 5))
         self.position = SinePositionEncoding(c.hidden_dim // 2)
         self.input_proj = input_projections(self.backbone.out_channels, c.hidden_dim, c.num_feature_levels)
         self.transformer = DeformableTransformer(

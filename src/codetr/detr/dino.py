@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torchvision.ops import nms
 
 from ..assign import HungarianMatcher
-from ..backbones import ResNetBackbone
+from ..backbones import BackboneConfig, build_backbone
 from ..config_checks import DETR_MINIMUMS, require_at_least
 from ..detector import Detector, InputSpec, LossOutput
 from ..nn import MLP, SinePositionEncoding
@@ -33,17 +33,12 @@ from .dino_transformer import DINO_EPS, DINOTransformer
 from .transformer import Intermediates, TokenSelection, predict_per_layer
 
 
-@dataclass
+@dataclass(frozen=True)
 class DINOConfig:
     """Every number the model is built from. Defaults: official ``config/DINO/DINO_4scale.py`` (R50)."""
 
     num_classes: int = 91
-    backbone_depth: int = 50
-    backbone_norm: str = "frozen_bn"
-    backbone_frozen_stages: int = 1
-    dilation: bool = False
-    stem_channels: int = 64               # ResNet widths (see ResNetBackbone); the defaults load
-    res2_channels: int | None = None      # torchvision / official weights
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
     return_interm_indices: list[int] = field(default_factory=lambda: [1, 2, 3])  # 0 = C2 .. 3 = C5
     num_feature_levels: int = 4
     hidden_dim: int = 256
@@ -109,9 +104,7 @@ class DINO(Detector):
         super().__init__(classes or ClassInfo.anonymous(config.num_classes), input_spec)
         check_config(config, len(self.classes))
         self.config = c = config
-        self.backbone = ResNetBackbone(c.backbone_depth, c.backbone_norm, [i + 1 for i in c.return_interm_indices],
-                                       c.backbone_frozen_stages, c.dilation,
-                                       stem_channels=c.stem_channels, res2_channels=c.res2_channels)
+        self.backbone = build_backbone(c.backbone, [i + 1 for i in c.return_interm_indices])
         self.position = SinePositionEncoding(c.hidden_dim // 2, c.pe_temperature_h, c.pe_temperature_w, offset=0.0)
         self.input_proj = input_projections(self.backbone.out_channels, c.hidden_dim, c.num_feature_levels)
         self.transformer = DINOTransformer(

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..backbones.config import nest_flat_backbone
 from ..version import __version__
 
 REQUIRED_KEYS = ("codetr_version", "family")
@@ -125,12 +126,16 @@ _RENAMED_WEIGHTS: dict[str, list[tuple[re.Pattern, str]]] = {
 
 def upgrade_state(state: dict) -> dict:
     """A checkpoint of an earlier codetr with its weights under today's names (the model, and
-    the live model of an EMA run); parameter order, hence optimizer state, is unchanged."""
+    the live model of an EMA run), parameter order, hence optimizer state, unchanged; and its flat
+    ``model_config`` backbone keys (``backbone_depth``, ``stem_channels`` ...) nested as today's
+    ``model_config["backbone"]`` (``BackboneConfig``)."""
     family = state.get("family")
     rules = _RENAMED_WEIGHTS.get(family, []) if isinstance(family, str) else []
     for key in ("model", "live_model"):
         if rules and isinstance(state.get(key), dict):
             state[key] = {_renamed(name, rules): value for name, value in state[key].items()}
+    if isinstance(state.get("model_config"), dict):
+        state["model_config"] = nest_flat_backbone(state["model_config"])
     return state
 
 

@@ -12,7 +12,8 @@
 * ``batched_nms``: NMS within each ``idxs`` group. Below ``split_thr`` boxes: one NMS on boxes
   shifted by ``idx * (max coordinate + 1)``; otherwise one NMS per group, then all kept boxes
   sorted by their (possibly decayed) score and cut to ``max_num``.
-* ``multiclass_nms``: mmdet's per-class post-processing on ``[N, K+1]`` scores.
+* ``multiclass_nms``: mmdet's per-class post-processing on ``[N, K+1]`` scores;
+  ``detections_per_class`` splits its output by class (mmdet ``bbox2result``).
 """
 from __future__ import annotations
 
@@ -170,3 +171,8 @@ def multiclass_nms(multi_bboxes: Tensor, multi_scores: Tensor, score_thr: float,
     if max_num > 0:
         dets, keep = dets[:max_num], keep[:max_num]
     return (dets, labels[keep], inds[keep]) if return_inds else (dets, labels[keep])
+
+
+def detections_per_class(dets: Tensor, labels: Tensor, num_classes: int) -> list[Tensor]:
+    """mmdet ``bbox2result``: dets [M, 5], labels [M] -> K tensors [M_k, 5], rows in input order."""
+    return [dets[labels == k] for k in range(num_classes)]

@@ -11,7 +11,7 @@ negatives; label weight ``pos_weight`` (1) on positives and 1 on negatives; box 
 positives only: the assigned gt box itself when ``reg_decoded_bbox`` (Co-DETR's RoI head, GIoU
 loss), else its encoded deltas (Faster R-CNN, L1 loss).
 
-Losses (mmdet ``BBoxHead.loss``; ``avg_factor_mean`` below is mmdet's reduction):
+Losses (mmdet ``BBoxHead.loss``; ``losses.reduce_by_avg_factor`` is mmdet's reduction):
 * ``loss_cls`` = w_cls * sum(CE(logits, label) * label_weight) / max(#(label_weight > 0), 1);
 * ``acc`` = 100 * fraction of RoIs whose arg-max class is the label;
 * ``loss_bbox`` over positives, the prediction of the positive's own class: GIoU loss
@@ -33,18 +33,12 @@ from torch import Tensor, nn
 
 from codetr.boxes import elementwise_generalized_box_iou
 from codetr.coders import delta_xywh_decode, delta_xywh_encode
+from codetr.losses import reduce_by_avg_factor
 from codetr.ops.nms import multiclass_nms
 from codetr.sampling import Sample
 
-F32_EPS = torch.finfo(torch.float32).eps
 GIOU_EPS = 1e-6  # mmdet GIoULoss: union and enclosing area clamped to >= 1e-6
 
-
-def avg_factor_mean(values: Tensor, avg_factor: float) -> Tensor:
-    """mmdet ``weight_reduce_loss(reduction='mean', avg_factor)``: ``sum(values) / (avg_factor +
-    float32 eps)`` (weights already applied). The one small home for this rule in ``rcnn``;
-    ``rpn.py`` and ``dense/atss.py`` inline it."""
-    return values.sum() / (avg_factor + F32_EPS)
 
 
 @dataclass(frozen=True)
@@ -133,7 +127,7 @@ def roi_losses(cls_score: Tensor, bbox_pred: Tensor, rois: Tensor, t: RoITargets
     cls_score, bbox_pred = cls_score.float(), bbox_pred.float()
     n_weighted = max(float((t.label_weights > 0).sum()), 1.0)
     ce = F.cross_entropy(cls_score, t.labels, reduction="none") * t.label_weights  # [N]
-    out = {"loss_cls": cfg.cls_weight * avg_factor_mean(ce, n_weighted),
+    out = {"loss_cls": cfg.cls_weight * reduce_by_avg_factor(ce, n_weighted),
            "acc": accuracy(cls_score.detach(), t.labels)}
     pos = (t.labels >= 0) & (t.labels < num_classes)  # [N]
     if not bool(pos.any()):
@@ -147,7 +141,7 @@ def roi_losses(cls_score: Tensor, bbox_pred: Tensor, rois: Tensor, t: RoITargets
         per_box = per_box * weight.mean(dim=-1)
     else:
         per_box = (pred - target).abs() * weight  # [P, 4]
-    out["loss_bbox"] = cfg.box_weight * avg_factor_mean(per_box, float(len(t.labels)))
+    out["loss_bbox"] = cfg.box_weight * reduce_by_avg_factor(per_box, float(len(t.labels)))
     return out
 
 

@@ -10,7 +10,7 @@ negatives (weight 1 on both, 0 elsewhere), delta targets on positives.
 
 Loss, per level ``l``: ``w_cls * sum(BCE * weight) / (n + eps)`` and ``w_box * sum(|d - t| *
 weight) / (n + eps)``, ``n = sum_images(max(#pos, 1) + max(#neg, 1))`` (not all-reduced),
-``eps`` the float32 machine epsilon (mmdet's avg_factor rule).
+``eps`` the float32 machine epsilon (mmdet's avg_factor rule, ``losses.reduce_by_avg_factor``).
 
 Proposals, per image: per level the top ``nms_pre`` sigmoid scores (descending sort), decode
 with clipping to ``img_shape``, drop boxes with ``w`` or ``h <= min_bbox_size``, NMS per level
@@ -29,10 +29,9 @@ from torch import Tensor, nn
 from codetr.anchors import AnchorGenerator
 from codetr.assign.max_iou import MaxIoUAssignment, max_iou_assign
 from codetr.coders import delta_xywh_decode, delta_xywh_encode
+from codetr.losses import reduce_by_avg_factor
 from codetr.ops.nms import batched_nms
 from codetr.sampling import Sample, random_sample
-
-F32_EPS = torch.finfo(torch.float32).eps
 
 
 @dataclass(frozen=True)
@@ -120,9 +119,9 @@ def rpn_losses(cls_scores: list[Tensor], bbox_preds: list[Tensor], targets: list
     for l, (logit, delta) in enumerate(zip(_flat_levels(cls_scores, 1), _flat_levels(bbox_preds, 4))):
         objectness = (labels[l] == 0).to(logit.dtype)  # [B*N_l]
         bce = F.binary_cross_entropy_with_logits(logit.reshape(-1), objectness, reduction="none")
-        out["loss_rpn_cls"].append(cls_weight * ((bce * label_w[l]).sum() / (n + F32_EPS)))
+        out["loss_rpn_cls"].append(cls_weight * reduce_by_avg_factor(bce * label_w[l], n))
         l1 = (delta.reshape(-1, 4) - box_t[l]).abs()
-        out["loss_rpn_bbox"].append(box_weight * ((l1 * box_w[l]).sum() / (n + F32_EPS)))
+        out["loss_rpn_bbox"].append(box_weight * reduce_by_avg_factor(l1 * box_w[l], n))
     return out
 
 

@@ -16,8 +16,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..backbones import ResNetBackbone
-from ..backbones.dcn import add_deformable_convs
+from ..backbones import BackboneConfig, build_backbone
 from ..boxes import ssd_decode
 from ..config_checks import COMMON_MINIMUMS, require_at_least
 from ..detector import Detector, InputSpec, LossOutput
@@ -40,20 +39,15 @@ def official_input_spec(max_size: int) -> InputSpec:
                      square=True)
 
 
-@dataclass
+@dataclass(frozen=True)
 class YolactConfig:
     """Every number the model is built from. Defaults: official ``yolact_base`` on R50
     (``yolact_resnet50_config``), 80 COCO classes."""
 
     num_classes: int = 80                 # foreground classes (the head adds background)
     max_size: int = 550                   # square network input
-    backbone_depth: int = 50
-    backbone_norm: str = "bn"             # official: BatchNorm, trained (freeze_bn False)
-    backbone_frozen_stages: int = -1
-    dcn_layers: list[int] = field(default_factory=lambda: [0, 0, 0, 0])   # YOLACT++: [0, 4, 6, 3]
-    dcn_interval: int = 1
-    stem_channels: int = 64               # ResNet widths (see ResNetBackbone); the defaults load
-    res2_channels: int | None = None      # torchvision / official weights
+    # official: BatchNorm, trained (freeze_bn False); YOLACT++: dcn_layers (0, 4, 6, 3)
+    backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(norm="bn", frozen_stages=-1))
     fpn_features: int = 256
     pred_scales: list[list[float]] = field(default_factory=lambda: [[24], [48], [96], [192], [384]])
     aspect_ratios: list[float] = field(default_factory=lambda: [1, 0.5, 2])
@@ -80,7 +74,7 @@ class YolactConfig:
     score_threshold: float = 0.0
 
     def __post_init__(self) -> None:
-        require_at_least(self, {**COMMON_MINIMUMS, "max_size": 1, "dcn_interval": 1, "fpn_features": 1,
+        require_at_least(self, {**COMMON_MINIMUMS, "max_size": 1, "fpn_features": 1,
                                 "num_prototypes": 1, "negpos_ratio": 1, "masks_to_train": 1, "top_k": 1,
                                 "max_detections": 1})
 
@@ -100,10 +94,7 @@ class Yolact(Detector):
         self.config = c = config
         if len({len(s) for s in c.pred_scales}) != 1:
             raise ValueError(f"every level needs the same number of scales (one shared head), got {c.pred_scales}")
-        self.backbone = ResNetBackbone(c.backbone_depth, c.backbone_norm, (2, 3, 4), c.backbone_frozen_stages,
-                                       stem_channels=c.stem_channels, res2_channels=c.res2_channels)
-        if any(c.dcn_layers):
-            add_deformable_convs(self.backbone.body, c.dcn_layers, c.dcn_interval)
+        self.backbone = build_backbone(c.backbone, (2, 3, 4))
         self.fpn = YolactFPN(self.backbone.out_channels, c.fpn_features, num_extra=2)
         self.proto_net = Protonet(c.fpn_features, c.fpn_features, c.num_prototypes)
         num_priors = len(c.pred_scales[0]) * len(c.aspect_ratios)
