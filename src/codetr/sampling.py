@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from codetr import rng
-from codetr.assign.max_iou import MaxIoUAssignment
+from codetr.assign.max_iou import MaxIoUAssignment, max_iou_assign
 
 
 @dataclass
@@ -104,3 +104,40 @@ def pseudo_sample(assignment: MaxIoUAssignment, boxes: Tensor, gt_boxes: Tensor)
     neg = torch.nonzero(gt_inds == 0).reshape(-1).unique()
     is_gt = boxes.new_zeros(len(boxes), dtype=torch.uint8)
     return _result(pos, neg, boxes[:, :4], gt_boxes, is_gt, assignment)
+
+
+@dataclass(frozen=True)
+class AssignSampleConfig:
+    """mmdet's MaxIoUAssigner + RandomSampler numbers, as in ``train_cfg.rpn`` / ``train_cfg.rcnn``."""
+
+    pos_iou_thr: float
+    neg_iou_thr: float
+    min_pos_iou: float
+    match_low_quality: bool
+    num: int
+    pos_fraction: float
+    neg_pos_ub: float = -1
+    add_gt_as_proposals: bool = True
+
+    @classmethod
+    def from_mmdet(cls, section: dict) -> "AssignSampleConfig":
+        """From an mmdet ``train_cfg`` section holding ``assigner`` and ``sampler`` dicts."""
+        a, s = section["assigner"], section["sampler"]
+        if a["type"] != "MaxIoUAssigner" or s["type"] != "RandomSampler" or a.get("ignore_iof_thr", -1) > 0:
+            raise ValueError("only MaxIoUAssigner (no ignore boxes) + RandomSampler are implemented")
+        return cls(a["pos_iou_thr"], a["neg_iou_thr"], a["min_pos_iou"], a.get("match_low_quality", True),
+                   s["num"], s["pos_fraction"], s.get("neg_pos_ub", -1), s.get("add_gt_as_proposals", True))
+
+
+RPN_SAMPLING = AssignSampleConfig(0.7, 0.3, 0.3, True, 256, 0.5, -1, False)    # mmdet's RPN defaults
+RCNN_SAMPLING = AssignSampleConfig(0.5, 0.5, 0.5, False, 512, 0.25, -1, True)  # mmdet's R-CNN defaults
+
+
+def assign_and_sample(boxes: Tensor, gt_boxes: Tensor, cfg: AssignSampleConfig,
+                      gt_labels: Tensor | None = None) -> Sample:
+    """Max-IoU assignment of ``boxes`` [N, 4] to ``gt_boxes`` [G, 4], then a random sample (draws
+    through ``codetr.rng``)."""
+    assignment = max_iou_assign(boxes, gt_boxes, cfg.pos_iou_thr, cfg.neg_iou_thr, cfg.min_pos_iou,
+                                cfg.match_low_quality, gt_labels=gt_labels)
+    return random_sample(assignment, boxes, gt_boxes, cfg.num, cfg.pos_fraction, cfg.neg_pos_ub,
+                         add_gt_as_proposals=cfg.add_gt_as_proposals, gt_labels=gt_labels)

@@ -13,6 +13,7 @@ boxes and labels exactly, targets and feats atol 1e-4), ``extra_eval_aux_heads['
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -26,7 +27,8 @@ from codetr.coders import delta_xywh_encode
 from codetr.ops.nms import detections_per_class
 from codetr.rcnn.bbox_head import BoxLossConfig, RoITestConfig, Shared2FCBBoxHead, roi_losses, roi_targets
 from codetr.rcnn.roi_extractor import RoIExtractor, roi_levels
-from codetr.rcnn.roi_head import (CoRoIHead, RoISamplingConfig, boxes_to_rois, load_official_weights,
+from codetr.sampling import RCNN_SAMPLING, AssignSampleConfig
+from codetr.rcnn.roi_head import (CoRoIHead, boxes_to_rois, load_official_weights,
                                   roi_head_from_mmdet)
 from codetr.sampling import random_sample
 from tests.conftest import golden
@@ -71,7 +73,7 @@ def test_config_numbers_read(case: Case):
     assert ext.output_size == 7 and ext.sampling_ratio == 0
     assert ext.finest_scale in (56.0, 112.0) and ext.num_inputs == len(case.feats) - 1
     assert case.head.bbox_head.loss_cfg == BoxLossConfig(4.0, 40.0, "giou", -1.0)
-    assert case.head.sampling == RoISamplingConfig(0.5, 0.5, 0.5, False, 512, 0.25, -1, True)
+    assert case.head.sampling == AssignSampleConfig(0.5, 0.5, 0.5, False, 512, 0.25, -1, True)
     assert case.head.bbox_head.test_cfg == RoITestConfig(0.0, 0.5, 100)
 
 
@@ -179,7 +181,7 @@ def tiny_head() -> CoRoIHead:
     torch.manual_seed(0)
     box = Shared2FCBBoxHead(4, 3, roi_size=3, fc_channels=16, loss_cfg=BoxLossConfig(4.0, 40.0, "giou"),
                             test_cfg=RoITestConfig(0.0, 0.5, 20))
-    return CoRoIHead(RoIExtractor((8, 16), output_size=3, finest_scale=16), box, RoISamplingConfig(num=16))
+    return CoRoIHead(RoIExtractor((8, 16), output_size=3, finest_scale=16), box, dataclasses.replace(RCNN_SAMPLING, num=16))
 
 
 def tiny_feats() -> list[torch.Tensor]:

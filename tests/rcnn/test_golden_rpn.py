@@ -15,7 +15,8 @@ import torch
 
 from codetr import rng
 from codetr.anchors import AnchorGenerator
-from codetr.rcnn.rpn import ProposalConfig, RPNHead, RPNTargetConfig, rpn_losses
+from codetr.rcnn.rpn import ProposalConfig, RPNHead, rpn_losses
+from codetr.sampling import RPN_SAMPLING, AssignSampleConfig
 from tests.conftest import golden
 
 MODELS = ["co_deformable_detr_r50w16", "co_dino_5scale_r50w16"]
@@ -45,12 +46,10 @@ def _rpn_cfgs(cfg: dict, key: str, stage: int = 1) -> dict:
     return cfg[key][stage] if isinstance(cfg[key], list) else cfg[key]
 
 
-def target_cfg(model_cfg: dict) -> RPNTargetConfig:
+def target_cfg(model_cfg: dict) -> AssignSampleConfig:
     rpn = _rpn_cfgs(model_cfg, "train_cfg")["rpn"]
-    a, s = rpn["assigner"], rpn["sampler"]
-    assert a["type"] == "MaxIoUAssigner" and s["type"] == "RandomSampler" and rpn["allowed_border"] == -1
-    return RPNTargetConfig(a["pos_iou_thr"], a["neg_iou_thr"], a["min_pos_iou"], a["match_low_quality"],
-                           s["num"], s["pos_fraction"], s["neg_pos_ub"], s["add_gt_as_proposals"])
+    assert rpn["allowed_border"] == -1
+    return AssignSampleConfig.from_mmdet(rpn)
 
 
 def proposal_cfg(c: dict) -> ProposalConfig:
@@ -146,7 +145,7 @@ def test_no_gt_boxes_all_negative_finite_loss():
     head, feats = tiny_head(), tiny_feats()
     cls, reg = head(feats)
     gts = [torch.zeros(0, 4), torch.tensor([[4.0, 4.0, 40.0, 30.0]])]
-    targets = head.targets(cls, gts, [(64, 64), (48, 60)], RPNTargetConfig())
+    targets = head.targets(cls, gts, [(64, 64), (48, 60)], RPN_SAMPLING)
     empty = targets[0]
     assert (empty.assignment.gt_inds == 0).all() and len(empty.sample.pos_inds) == 0
     assert len(empty.sample.neg_inds) == 256 and (empty.labels == 1).all()
@@ -163,7 +162,7 @@ def test_subpixel_gt_boxes():
     head, feats = tiny_head(), tiny_feats()
     cls, reg = head(feats)
     gts = [torch.tensor([[10.0, 10.0, 10.4, 10.3]]), torch.tensor([[5.0, 5.0, 5.0, 5.5]])]  # second: zero width
-    targets = head.targets(cls, gts, [(64, 64), (64, 64)], RPNTargetConfig())
+    targets = head.targets(cls, gts, [(64, 64), (64, 64)], RPN_SAMPLING)
     losses = rpn_losses(cls, reg, targets, 4.0, 4.0)
     assert all(torch.isfinite(x) for v in losses.values() for x in v)
     # tiny IoUs stay below min_pos_iou: nothing is positive, nothing is ignored

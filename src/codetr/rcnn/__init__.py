@@ -3,7 +3,7 @@
 from .bbox_head import Shared2FCBBoxHead
 from .roi_extractor import RoIExtractor
 from .roi_head import CoRoIHead
-from .rpn import ProposalConfig, RPNHead, RPNTargetConfig, rpn_image_targets, rpn_losses, rpn_proposals
+from .rpn import ProposalConfig, RPNHead, rpn_image_targets, rpn_losses, rpn_proposals
 
-__all__ = ["CoRoIHead", "ProposalConfig", "RPNHead", "RPNTargetConfig", "RoIExtractor", "Shared2FCBBoxHead",
+__all__ = ["CoRoIHead", "ProposalConfig", "RPNHead", "RoIExtractor", "Shared2FCBBoxHead",
            "rpn_image_targets", "rpn_losses", "rpn_proposals"]

@@ -13,33 +13,17 @@ Test: the same features for every proposal, then the box head's ``detections`` p
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from codetr.assign.max_iou import max_iou_assign
-from codetr.sampling import Sample, random_sample
+from codetr.sampling import RCNN_SAMPLING, AssignSampleConfig, Sample, assign_and_sample
 
 from .bbox_head import BoxLossConfig, RoITargets, RoITestConfig, Shared2FCBBoxHead
 from .roi_extractor import RoIExtractor
 
 MAX_POS_COORDS = 2000  # Co-DETR's cap on RoIs per image handed to the positive queries
-
-
-@dataclass(frozen=True)
-class RoISamplingConfig:
-    """mmdet ``train_cfg.rcnn``: Max-IoU assigner and random sampler numbers."""
-
-    pos_iou_thr: float = 0.5
-    neg_iou_thr: float = 0.5
-    min_pos_iou: float = 0.5
-    match_low_quality: bool = False
-    num: int = 512
-    pos_fraction: float = 0.25
-    neg_pos_ub: float = -1
-    add_gt_as_proposals: bool = True
 
 
 class RoIForward(NamedTuple):
@@ -99,7 +83,7 @@ class CoRoIHead(nn.Module):
     """RoI extractor + box head + assignment / sampling numbers (module docstring)."""
 
     def __init__(self, extractor: RoIExtractor, bbox_head: Shared2FCBBoxHead,
-                 sampling: RoISamplingConfig = RoISamplingConfig()) -> None:
+                 sampling: AssignSampleConfig = RCNN_SAMPLING) -> None:
         super().__init__()
         self.bbox_roi_extractor = extractor
         self.bbox_head = bbox_head
@@ -112,10 +96,7 @@ class CoRoIHead(nn.Module):
         cfg, out = self.sampling, []
         for props, gts, labels in zip(proposals, gt_boxes, gt_labels, strict=True):
             props = props[:, :4].detach()
-            assignment = max_iou_assign(props, gts, cfg.pos_iou_thr, cfg.neg_iou_thr, cfg.min_pos_iou,
-                                        cfg.match_low_quality, gt_labels=labels)
-            out.append(random_sample(assignment, props, gts, cfg.num, cfg.pos_fraction, cfg.neg_pos_ub,
-                                     add_gt_as_proposals=cfg.add_gt_as_proposals, gt_labels=labels))
+            out.append(assign_and_sample(props, gts, cfg, gt_labels=labels))
         return out
 
     def forward(self, feats: Sequence[Tensor], rois: Tensor) -> RoIForward:
@@ -161,14 +142,6 @@ def _box_loss_cfg(head: dict, rcnn_train: dict | None) -> BoxLossConfig:
     return BoxLossConfig(cls.get("loss_weight", 1.0), box.get("loss_weight", 1.0), kinds[box["type"]], pos_weight)
 
 
-def _sampling_cfg(rcnn_train: dict) -> RoISamplingConfig:
-    a, s = rcnn_train["assigner"], rcnn_train["sampler"]
-    if a["type"] != "MaxIoUAssigner" or s["type"] != "RandomSampler" or a.get("ignore_iof_thr", -1) > 0:
-        raise ValueError("only MaxIoUAssigner (no ignore boxes) + RandomSampler are implemented")
-    return RoISamplingConfig(a["pos_iou_thr"], a["neg_iou_thr"], a["min_pos_iou"], a.get("match_low_quality", True),
-                             s["num"], s["pos_fraction"], s.get("neg_pos_ub", -1), s.get("add_gt_as_proposals", True))
-
-
 def roi_head_from_mmdet(roi_cfg: dict, rcnn_train: dict | None, rcnn_test: dict) -> CoRoIHead:
     """Build from an mmdet ``roi_head`` entry (``bbox_roi_extractor``, ``bbox_head``), its
     ``train_cfg.rcnn`` (None: test only) and ``test_cfg.rcnn``, every number read from them."""
@@ -188,7 +161,7 @@ def roi_head_from_mmdet(roi_cfg: dict, rcnn_train: dict | None, rcnn_test: dict)
                                  head.get("fc_out_channels", 1024), head.get("reg_class_agnostic", False),
                                  coder.get("target_means", (0.0,) * 4), coder.get("target_stds", (0.1, 0.1, 0.2, 0.2)),
                                  _box_loss_cfg(head, rcnn_train), test)
-    sampling = RoISamplingConfig() if rcnn_train is None else _sampling_cfg(rcnn_train)
+    sampling = RCNN_SAMPLING if rcnn_train is None else AssignSampleConfig.from_mmdet(rcnn_train)
     return CoRoIHead(extractor, box_head, sampling)
 
 

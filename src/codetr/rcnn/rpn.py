@@ -27,25 +27,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from codetr.anchors import AnchorGenerator
-from codetr.assign.max_iou import MaxIoUAssignment, max_iou_assign
+from codetr.assign.max_iou import MaxIoUAssignment
 from codetr.coders import delta_xywh_decode, delta_xywh_encode
 from codetr.losses import reduce_by_avg_factor
 from codetr.ops.nms import batched_nms
-from codetr.sampling import Sample, random_sample
-
-
-@dataclass(frozen=True)
-class RPNTargetConfig:
-    """mmdet ``train_cfg.rpn``: assigner and sampler numbers."""
-
-    pos_iou_thr: float = 0.7
-    neg_iou_thr: float = 0.3
-    min_pos_iou: float = 0.3
-    match_low_quality: bool = True
-    num: int = 256
-    pos_fraction: float = 0.5
-    neg_pos_ub: float = -1
-    add_gt_as_proposals: bool = False
+from codetr.sampling import AssignSampleConfig, Sample, assign_and_sample
 
 
 @dataclass(frozen=True)
@@ -72,16 +58,13 @@ class ImageTargets:
     sample: Sample
 
 
-def rpn_image_targets(anchors: Tensor, valid: Tensor, gt_boxes: Tensor, cfg: RPNTargetConfig,
+def rpn_image_targets(anchors: Tensor, valid: Tensor, gt_boxes: Tensor, cfg: AssignSampleConfig,
                       stds: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
                       means: Sequence[float] = (0.0, 0.0, 0.0, 0.0)) -> ImageTargets:
     """anchors [N, 4], valid [N] bool, gt_boxes [G, 4] -> ``ImageTargets`` (module docstring)."""
     inside = torch.nonzero(valid).reshape(-1)  # [V] anchor index of each valid anchor
     candidates = anchors[inside]
-    assignment = max_iou_assign(candidates, gt_boxes, cfg.pos_iou_thr, cfg.neg_iou_thr,
-                                cfg.min_pos_iou, cfg.match_low_quality)
-    sample = random_sample(assignment, candidates, gt_boxes, cfg.num, cfg.pos_fraction,
-                           cfg.neg_pos_ub, add_gt_as_proposals=cfg.add_gt_as_proposals)
+    sample = assign_and_sample(candidates, gt_boxes, cfg)
     n = len(anchors)
     pos, neg = inside[sample.pos_inds], inside[sample.neg_inds]
     labels = torch.ones(n, dtype=torch.long, device=anchors.device)
@@ -93,7 +76,7 @@ def rpn_image_targets(anchors: Tensor, valid: Tensor, gt_boxes: Tensor, cfg: RPN
     if len(pos):
         box_targets[pos] = delta_xywh_encode(sample.pos_boxes, sample.pos_gt_boxes, means, stds)
         box_weights[pos] = 1.0
-    return ImageTargets(labels, label_weights, box_targets, box_weights, assignment, sample)
+    return ImageTargets(labels, label_weights, box_targets, box_weights, sample.assignment, sample)
 
 
 def _flat_levels(maps: list[Tensor], width: int) -> list[Tensor]:
@@ -195,7 +178,7 @@ class RPNHead(nn.Module):
         return self.anchors.grid_anchors([tuple(m.shape[-2:]) for m in cls_scores], cls_scores[0].device)
 
     def targets(self, cls_scores: list[Tensor], gt_boxes: list[Tensor], pad_shapes: list[Sequence[int]],
-                cfg: RPNTargetConfig) -> list[ImageTargets]:
+                cfg: AssignSampleConfig) -> list[ImageTargets]:
         """Per image targets; ``pad_shapes`` (h, w[, c]) bound the valid anchors."""
         sizes = [tuple(m.shape[-2:]) for m in cls_scores]
         anchors = torch.cat(self.grid(cls_scores))
@@ -205,7 +188,7 @@ class RPNHead(nn.Module):
                 for gt, pad in zip(gt_boxes, pad_shapes)]
 
     def loss(self, cls_scores: list[Tensor], bbox_preds: list[Tensor], gt_boxes: list[Tensor],
-             pad_shapes: list[Sequence[int]], cfg: RPNTargetConfig) -> dict[str, list[Tensor]]:
+             pad_shapes: list[Sequence[int]], cfg: AssignSampleConfig) -> dict[str, list[Tensor]]:
         """Per-level weighted losses (mmdet keys ``loss_rpn_cls``, ``loss_rpn_bbox``)."""
         targets = self.targets(cls_scores, gt_boxes, pad_shapes, cfg)
         return rpn_losses(cls_scores, bbox_preds, targets, self.cls_weight, self.box_weight)
