@@ -90,9 +90,9 @@ def rand_like(x: Tensor) -> Tensor:
     return record.take("rand_like", tuple(x.shape)).to(device=x.device, dtype=x.dtype)
 
 
-def randint_like(x: Tensor, low: int, high: int) -> Tensor:
-    """Integers in [low, high) of x's shape, dtype and device."""
+def randint_like(x: Tensor, low: int, high: int, dtype: torch.dtype | None = None) -> Tensor:
+    """Integers in [low, high) of x's shape and device, in ``dtype`` (default x's dtype)."""
     record = _active()
     if record is None:
-        return torch.randint_like(x, low, high)
-    return record.take("randint_like", tuple(x.shape)).to(device=x.device, dtype=x.dtype)
+        return torch.randint_like(x, low, high, dtype=dtype)
+    return record.take("randint_like", tuple(x.shape)).to(device=x.device, dtype=dtype or x.dtype)

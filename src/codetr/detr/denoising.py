@@ -11,8 +11,11 @@ Query layout (``single_pad`` = the largest object count in the batch, images pad
       <-  single_pad  -> <- single_pad ->
     pad_size = 2 * single_pad * num_groups
 
-The noise is drawn by ``draw_dn_noise`` alone (in the official order of random calls), so a
-test can replace it with recorded noise; ``build_dn_queries`` is deterministic.
+The noise is drawn by ``draw_dn_noise`` alone, through the ``codetr.rng`` seam and in the
+official order of random calls, so a test can replay recorded noise; ``build_dn_queries`` is
+deterministic. Co-DINO (Co-DETR's ``DnQueryGenerator``) shares the noise, query and mask
+builders and differs only in its group rule (``co_dino_num_dn_groups``) and in taking pixel
+xyxy boxes (``co_dino_dn_boxes``).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .. import rng
 from ..boxes import cxcywh_to_xyxy, inverse_sigmoid, xyxy_to_cxcywh
 
 
@@ -36,6 +40,24 @@ def num_dn_groups(dn_number: int, max_objects: int) -> int:
     return max(groups, 1)
 
 
+def co_dino_num_dn_groups(num_dn_queries: int, max_objects: int) -> int:
+    """Number of groups of Co-DINO's dynamic denoising: ``num_dn_queries // max_objects``, at
+    least 1; 1 when no image has objects. Unlike ``num_dn_groups`` the number is a budget at
+    every size (DINO reads a ``dn_number`` below 50 as a fixed 2 * dn_number groups); from 50 up
+    the two rules agree."""
+    if max_objects == 0:
+        return 1
+    return max(num_dn_queries // max_objects, 1)
+
+
+def co_dino_dn_boxes(boxes: list[Tensor], image_sizes: list[tuple[int, int]]) -> Tensor:
+    """Co-DINO's denoising input boxes: per image xyxy pixel boxes [n_i, 4] and its (h, w)
+    ``img_shape``; converted to cxcywh first, then divided by [w, h, w, h] (this order, not
+    the reverse, which can differ in the last bit). Returns all images' boxes [N, 4]."""
+    out = [xyxy_to_cxcywh(b) / b.new_tensor([w, h, w, h]) for b, (h, w) in zip(boxes, image_sizes)]
+    return torch.cat(out) if out else torch.zeros(0, 4)
+
+
 def draw_dn_noise(labels: Tensor, boxes: Tensor, num_groups: int, num_classes: int,
                   label_noise_ratio: float, box_noise_scale: float) -> tuple[Tensor, Tensor]:
     """Noised copies of the batch's objects.
@@ -49,14 +71,14 @@ def draw_dn_noise(labels: Tensor, boxes: Tensor, num_groups: int, num_classes: i
     noised_labels = labels.repeat(2 * num_groups)
     clean = boxes.repeat(2 * num_groups, 1)
     if label_noise_ratio > 0:
-        flip = torch.rand_like(noised_labels.float()) < label_noise_ratio * 0.5
+        flip = rng.rand_like(noised_labels.float()) < label_noise_ratio * 0.5
         chosen = torch.nonzero(flip).view(-1)
-        noised_labels = noised_labels.scatter(0, chosen, torch.randint_like(chosen, 0, num_classes))
+        noised_labels = noised_labels.scatter(0, chosen, rng.randint_like(chosen, 0, num_classes))
     noised_boxes = clean
     if box_noise_scale > 0:
         half_wh = clean[:, 2:].repeat(1, 2) / 2                                  # [2GN, 4]
-        sign = torch.randint_like(clean, low=0, high=2, dtype=torch.float32) * 2.0 - 1.0
-        magnitude = torch.rand_like(clean)
+        sign = rng.randint_like(clean, 0, 2, dtype=torch.float32) * 2.0 - 1.0
+        magnitude = rng.rand_like(clean)
         negative = (torch.arange(2 * num_groups * n, device=boxes.device) // n) % 2 == 1
         magnitude = magnitude + negative[:, None].to(magnitude.dtype)            # negatives in [1, 2)
         corners = cxcywh_to_xyxy(clean) + magnitude * sign * half_wh * box_noise_scale
