@@ -27,6 +27,15 @@ def focal_loss_on_probs(probs: Tensor, targets: Tensor, alpha: float = 0.25, gam
         return focal_modulation(probs, targets, ce, alpha, gamma)
 
 
+def quality_focal_loss(logits: Tensor, targets: Tensor, beta: float = 2.0) -> Tensor:
+    """Element-wise quality focal loss (Li et al. 2020, GFL, Eq. 5): BCE(sigmoid(logits), y) *
+    |y - sigmoid(logits)|^beta, where ``targets`` y [..., K] is the IoU quality at each positive's
+    class and 0 elsewhere (at y = 0 it is the negatives' BCE * p^beta; mmdet ``quality_focal_loss``
+    treats a positive whose IoU is 0 the same way)."""
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    return ce * (targets - logits.sigmoid()).abs().pow(beta)
+
+
 def focal_modulation(prob: Tensor, targets: Tensor, ce: Tensor, alpha: float, gamma: float) -> Tensor:
     """The cross-entropy ``ce`` of probabilities ``prob`` times (1 - p_t)^gamma and alpha_t."""
     p_t = prob * targets + (1 - prob) * (1 - targets)

@@ -2,10 +2,11 @@
 
 A group is one set of predictions the loss applies to: the final decoder layer, each auxiliary
 layer (suffix ``_i``), the encoder proposals (``_enc``, DINO ``_interm``), the denoising queries
-(``_dn``, ``_dn_i``: dino_criterion.py) and, later, Co-DETR's auxiliary groups. Each group
-declares how its queries are assigned to targets (Hungarian matching, or an assignment given in
-advance), its normaliser and its class loss (focal here; quality focal plugs in as another
-``ClassLoss``). Every group gives the same terms, suffixed with its name:
+(``_dn``, ``_dn_i``: dino_criterion.py). Each group declares how its queries are assigned to
+targets (Hungarian matching, or an assignment given in advance), its normaliser and its class
+loss (``FocalClassLoss`` or ``QualityFocalClassLoss``; Co-DETR's mmdet-convention losses,
+co_detr/criterion.py, reuse them and ``Matched``). Every group gives the same terms, suffixed
+with its name:
 
 * ``loss_ce``: the class loss of all queries (matched ones labelled, the rest background);
 * ``loss_bbox``: L1 of the matched normalized cxcywh boxes; ``loss_giou``: 1 - their GIoU;
@@ -29,8 +30,9 @@ from torch import Tensor
 
 from .. import distributed as du
 from ..assign.hungarian import HungarianMatcher, Match
-from ..boxes import cxcywh_to_xyxy, elementwise_generalized_box_iou
-from ..losses import sigmoid_focal_loss
+from ..assign.max_iou import MMDET_EPS
+from ..boxes import cxcywh_to_xyxy, elementwise_box_iou, elementwise_generalized_box_iou
+from ..losses import quality_focal_loss, sigmoid_focal_loss
 
 Outputs = dict[str, Tensor]        # {'pred_logits' [B, Q, K], 'pred_boxes' [B, Q, 4] cxcywh}
 Targets = list[dict[str, Tensor]]  # per image {'labels' [M], 'boxes' [M, 4] cxcywh}
@@ -74,6 +76,23 @@ class FocalClassLoss:
         onehot = torch.zeros_like(logits)                                             # [B, Q, K]
         onehot[matched.batch, matched.query, matched.labels] = 1.0
         return sigmoid_focal_loss(logits, onehot, self.alpha, self.gamma).sum() / normaliser
+
+
+@dataclass(frozen=True)
+class QualityFocalClassLoss:
+    """Quality focal loss (GFL; mmdet ``QualityFocalLoss``, Co-DINO): each matched query's
+    target at its label is the IoU of its (detached) predicted box with its target box, both
+    normalized xyxy, mmdet's union clamped at 1e-6; summed over queries and classes, /
+    normaliser."""
+
+    beta: float = 2.0
+
+    def __call__(self, logits: Tensor, boxes: Tensor, matched: Matched, normaliser: float) -> Tensor:
+        pred = cxcywh_to_xyxy(boxes[matched.batch, matched.query].detach())           # [M, 4]
+        iou = elementwise_box_iou(pred, cxcywh_to_xyxy(matched.boxes), eps=MMDET_EPS, clamp=True)
+        quality = torch.zeros_like(logits)                                            # [B, Q, K]
+        quality[matched.batch, matched.query, matched.labels] = iou.to(logits.dtype)
+        return quality_focal_loss(logits, quality, self.beta).sum() / normaliser
 
 
 @dataclass
