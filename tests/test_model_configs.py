@@ -37,7 +37,7 @@ def test_old_flat_checkpoint_loads(name, tmp_path):
     state = model_state(model, name)
     backbone = state["model_config"].pop("backbone")
     old = {new: old for old, new in FLAT_BACKBONE_KEYS.items()}
-    flat = {old[k]: list(v) if isinstance(v, tuple) else v for k, v in backbone.items()}
+    flat = {old[k]: list(v) if isinstance(v, tuple) else v for k, v in backbone.items() if k in old}
     state["model_config"].update({k: flat[k] for k in OLD_FLAT_KEYS[model.family]})
     save_checkpoint(tmp_path / "old.ckpt", state)
     loaded = codetr.load(tmp_path / "old.ckpt")

@@ -1,4 +1,4 @@
-from .config import BackboneConfig, build_backbone
+from .config import BackboneConfig, SwinConfig, build_backbone
 from .resnet import ResNetBackbone
 
-__all__ = ["BackboneConfig", "ResNetBackbone", "build_backbone"]
+__all__ = ["BackboneConfig", "ResNetBackbone", "SwinConfig", "build_backbone"]

@@ -1,18 +1,48 @@
-"""``BackboneConfig``: the ResNet every model family is built on, one nested config for all."""
+"""``BackboneConfig``: the backbone every model family is built on (a ResNet, or a Swin
+Transformer with ``kind="swin"``), one nested config for all."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, Sequence
 
 from ..config_checks import require_at_least
 from .dcn import add_deformable_convs
 from .resnet import ResNetBackbone
+
+if TYPE_CHECKING:  # timm is imported when a Swin is built, not with codetr
+    from .swin import SwinBackbone
 
 # the flat model_config keys of codetr checkpoints written before BackboneConfig -> its field names
 FLAT_BACKBONE_KEYS = {"backbone_depth": "depth", "backbone_norm": "norm", "backbone_frozen_stages": "frozen_stages",
                       "dilation": "dilation", "stem_channels": "stem_channels", "res2_channels": "res2_channels",
                       "width_per_group": "width_per_group", "stride_in_1x1": "stride_in_1x1",
                       "dcn_layers": "dcn_layers", "dcn_interval": "dcn_interval"}
+
+
+@dataclass(frozen=True)
+class SwinConfig:
+    """The numbers of a Swin Transformer (see ``SwinBackbone``); patch size 4, MLP ratio 4 and
+    no absolute position embedding, as every Co-DETR Swin. Defaults: Co-DINO Swin-L
+    (``co_dino_5scale_swin_large_1x_coco.py``, ImageNet-22k 384 weights); Swin-T: 96,
+    (2, 2, 6, 2), (3, 6, 12, 24), window 7, drop path 0.2. ``with_cp``: recompute each block in
+    the backward pass (activation checkpointing: less memory, ~1/3 more compute)."""
+
+    embed_dims: int = 192
+    depths: tuple[int, ...] = (2, 2, 18, 2)
+    num_heads: tuple[int, ...] = (6, 12, 24, 48)
+    window_size: int = 12
+    drop_path_rate: float = 0.3
+    with_cp: bool = False
+
+    def __post_init__(self) -> None:
+        require_at_least(self, {"embed_dims": 1, "window_size": 1})
+        if len(self.depths) != 4 or len(self.num_heads) != 4:
+            raise ValueError(f"SwinConfig: depths and num_heads need one entry per stage (4), got "
+                             f"{list(self.depths)} and {list(self.num_heads)}")
+        for i, heads in enumerate(self.num_heads):
+            if heads < 1 or (self.embed_dims * 2 ** i) % heads:
+                raise ValueError(f"SwinConfig: stage {i + 1} is {self.embed_dims * 2 ** i} wide, not divisible "
+                                 f"into {heads} heads")
 
 
 @dataclass(frozen=True)
@@ -23,6 +53,9 @@ class BackboneConfig:
 
     ``dcn_layers[s]``: how many of stage s+1's last blocks get a modulated deformable 3x3 conv,
     every ``dcn_interval``-th (YOLACT++ R50: (0, 4, 6, 3), interval 1; see ``add_deformable_convs``).
+
+    ``kind="swin"``: a Swin Transformer of ``swin``'s numbers instead; of the ResNet fields only
+    ``frozen_stages`` applies (the patch embedding + that many stages; Co-DINO Swin-L: -1).
     """
 
     depth: int = 50
@@ -35,15 +68,26 @@ class BackboneConfig:
     stride_in_1x1: bool = False           # True: MSRA R-50 weights (cvpods)
     dcn_layers: tuple[int, ...] = (0, 0, 0, 0)
     dcn_interval: int = 1
+    kind: Literal["resnet", "swin"] = "resnet"
+    swin: SwinConfig = field(default_factory=SwinConfig)
 
     def __post_init__(self) -> None:
         # res2_channels 0 would silently mean "default"
         require_at_least(self, {"stem_channels": 1, "res2_channels": 1, "width_per_group": 1, "dcn_interval": 1})
+        if self.kind == "swin" and (self.dilation or any(self.dcn_layers)):
+            raise ValueError("BackboneConfig: dilation and dcn_layers are ResNet options, not Swin ones")
 
 
-def build_backbone(config: BackboneConfig, out_stages: Sequence[int]) -> ResNetBackbone:
-    """The ResNet of ``config`` returning the maps of ``out_stages`` (2 = C3 .. 4 = C5)."""
+def build_backbone(config: BackboneConfig, out_stages: Sequence[int]) -> ResNetBackbone | SwinBackbone:
+    """The backbone of ``config`` returning the maps of ``out_stages`` (1 = C2 at stride 4 ..
+    4 = C5 at stride 32)."""
     c = config
+    if c.kind == "swin":
+        from .swin import SwinBackbone
+
+        s = c.swin
+        return SwinBackbone(s.embed_dims, s.depths, s.num_heads, s.window_size, s.drop_path_rate, out_stages,
+                            c.frozen_stages, s.with_cp)
     backbone = ResNetBackbone(c.depth, c.norm, out_stages, c.frozen_stages, c.dilation, c.stem_channels,
                               c.res2_channels, c.width_per_group, c.stride_in_1x1)
     if any(c.dcn_layers):
