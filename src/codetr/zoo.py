@@ -12,10 +12,14 @@ from typing import Any, Callable
 
 from .backbones import BackboneConfig
 from .config import from_dict, update
+from .dense.atss_detector import ATSSConfig
 from .dense.defcn import DeFCNConfig
+from .dense.fcos import FCOSConfig
 from .detector import Detector, InputSpec
 from .detr.deformable_detr import DeformableDETRConfig
 from .detr.dino import DINOConfig
+from .rcnn.faster_rcnn import FasterRCNNConfig, official_input_spec as rcnn_input_spec
+from .rcnn.rpn import ProposalConfig
 from .registry import get_family
 from .structures import ClassInfo
 from .yolact.yolact import YolactConfig
@@ -191,28 +195,67 @@ def defcn_poto_r50(classes: ClassInfo, **overrides: Any) -> Detector:
 def fcos_r50(classes: ClassInfo, **overrides: Any) -> Detector:
     """FCOS baseline of the DeFCN paper: center sampling, center-ness on the box tower, GIoU,
     NMS 0.6 (paper: 41.4 AP with NMS, 3x ms)."""
-    return _build("defcn", classes, DeFCNConfig(assigner="fcos", nms_threshold=0.6), replace(DENSE_INPUT), overrides)
+    return _build("fcos", classes, FCOSConfig(), replace(DENSE_INPUT), overrides)
 
 
 # the tiny dense models' input: evaluated at 144 px, the top training scale
 TINY_DENSE_INPUT = InputSpec(min_size=144, max_size=192, size_divisibility=32)
 
 
-def _tiny_dense_config(**kwargs: Any) -> DeFCNConfig:
-    """ResNet-18 at half width with trainable BN (nothing frozen), a 64-channel FPN and
-    2-conv towers, for ~128 px images: P3-P5 only (P6/P7 would be 2x2 and 1x1 maps there)."""
-    return DeFCNConfig(backbone=TINY_BACKBONE, fpn_channels=64, num_convs=2, strides=[8, 16, 32],
-                       **kwargs)
+def _tiny_dense_config(config: type, **kwargs: Any) -> Any:
+    """``config`` (DeFCNConfig, FCOSConfig) with ResNet-18 at half width with trainable BN (nothing
+    frozen), a 64-channel FPN and 2-conv towers, for ~128 px images: P3-P5 only (P6/P7 would be
+    2x2 and 1x1 maps there)."""
+    return config(backbone=TINY_BACKBONE, fpn_channels=64, num_convs=2, strides=[8, 16, 32], **kwargs)
 
 
 @register("defcn_tiny")
 def defcn_tiny(classes: ClassInfo, **overrides: Any) -> Detector:
     """POTO + 3DMF + aux on a small trainable ResNet-18: trains from scratch on CPU."""
-    return _build("defcn", classes, _tiny_dense_config(), replace(TINY_DENSE_INPUT), overrides)
+    return _build("defcn", classes, _tiny_dense_config(DeFCNConfig), replace(TINY_DENSE_INPUT), overrides)
 
 
 @register("fcos_tiny")
 def fcos_tiny(classes: ClassInfo, **overrides: Any) -> Detector:
     """The FCOS baseline on the same small network as ``defcn_tiny``."""
-    base = _tiny_dense_config(assigner="fcos", nms_threshold=0.6)
-    return _build("defcn", classes, base, replace(TINY_DENSE_INPUT), overrides)
+    return _build("fcos", classes, _tiny_dense_config(FCOSConfig), replace(TINY_DENSE_INPUT), overrides)
+
+
+# -- ATSS (mmdet; the default InputSpec: mmdet's RGB ImageNet statistics on [0, 255], 1333 x 800) ---
+@register("atss_r50_fpn_1x")
+def atss_r50_fpn_1x(classes: ClassInfo, **overrides: Any) -> Detector:
+    """ATSS, R50-FPN (P3-P7), mmdet's ``atss_r50_fpn_1x_coco`` (COCO 39.4 box AP, 12 epochs)."""
+    return _build("atss", classes, ATSSConfig(), None, overrides)
+
+
+@register("atss_tiny")
+def atss_tiny(classes: ClassInfo, **overrides: Any) -> Detector:
+    """ATSS on a half-width ResNet-18 with trainable BN, a 64-channel FPN (P3-P5) and 2-conv
+    64-channel towers, for ~128-144 px images (``TINY_DENSE_INPUT``: the same normalisation as
+    mmdet's on [0, 1]): trains from scratch on CPU. Anchors of 4 strides (32 px at P3 .. 128 px
+    at P5) instead of 8, for objects of ~8-64 px."""
+    base = ATSSConfig(backbone=TINY_BACKBONE, fpn_channels=64, feat_channels=64, stacked_convs=2,
+                      strides=[8, 16, 32], octave_base_scale=4)
+    return _build("atss", classes, base, replace(TINY_DENSE_INPUT), overrides)
+
+
+# -- Faster R-CNN (mmdet) -----------------------------------------------------------------------
+@register("faster_rcnn_r50_fpn_1x")
+def faster_rcnn_r50_fpn_1x(classes: ClassInfo, **overrides: Any) -> Detector:
+    """Faster R-CNN, R50-FPN (P2-P6), mmdet's ``faster_rcnn_r50_fpn_1x_coco`` (37.4 box AP on COCO
+    val, 12 epochs)."""
+    return _build("faster_rcnn", classes, FasterRCNNConfig(), None, overrides)
+
+
+@register("faster_rcnn_tiny")
+def faster_rcnn_tiny(classes: ClassInfo, **overrides: Any) -> Detector:
+    """Faster R-CNN on a half-width ResNet-18 with trainable BN, a 64-channel FPN (P2-P5) and a
+    256-d box head, for ~128-144 px images: trains from scratch on CPU. The images are ~1/6 of
+    COCO's, so the anchors (scale 4: 16 px at P2 .. 128 px at P5) and the RoI level rule
+    (finest_scale 28) are halved, with fewer proposals (300) and sampled RoIs (128 per image)."""
+    base = FasterRCNNConfig(
+        backbone=TINY_BACKBONE, fpn_channels=64, rpn_channels=64, anchor_scales=(4.0,), anchor_strides=(4, 8, 16, 32),
+        rpn_train_proposals=ProposalConfig(nms_pre=1000, max_per_img=300, iou_threshold=0.7),
+        rpn_test_proposals=ProposalConfig(nms_pre=500, max_per_img=300, iou_threshold=0.7),
+        finest_scale=28.0, fc_channels=256, rcnn_sampling=replace(FasterRCNNConfig().rcnn_sampling, num=128))
+    return _build("faster_rcnn", classes, base, rcnn_input_spec(144, 192), overrides)

@@ -53,7 +53,7 @@ def test_config_read_from_official(model):
     c, b = model.config, model.config.backbone
     assert (b.stem_channels, b.res2_channels, b.width_per_group, b.stride_in_1x1) == (16, 64, 16, True)
     assert c.fpn_channels == 64
-    assert (c.num_classes, c.assigner, c.max_filter, c.aux_topk, c.nms_threshold) == (5, "poto", True, 9, None)
+    assert (c.num_classes, model.family, c.max_filter, c.aux_topk, c.nms_threshold) == (5, "defcn", True, 9, None)
     assert (model.input_spec.min_size, model.input_spec.max_size, model.input_spec.channel_order) == (256, 427, "BGR")
 
 
@@ -75,7 +75,7 @@ def test_head_outputs(eval_out, fx):
 
 
 def test_points(model, eval_out, fx):
-    for ours, ref in zip(model.points(eval_out), fx["shifts"]):
+    for ours, ref in zip(model.priors(eval_out), fx["shifts"]):
         assert torch.equal(ours, ref)
 
 

@@ -28,7 +28,7 @@ from codetr.ops.nms import detections_per_class
 from codetr.rcnn.bbox_head import BoxLossConfig, RoITestConfig, Shared2FCBBoxHead, roi_losses, roi_targets
 from codetr.rcnn.roi_extractor import RoIExtractor, roi_levels
 from codetr.sampling import RCNN_SAMPLING, AssignSampleConfig
-from codetr.rcnn.roi_head import (CoRoIHead, boxes_to_rois, load_official_weights,
+from codetr.rcnn.roi_head import (RoIHead, boxes_to_rois, load_official_weights,
                                   roi_head_from_mmdet)
 from codetr.sampling import random_sample
 from tests.conftest import golden
@@ -38,7 +38,7 @@ MODELS = ["co_deformable_detr_r50w16", "co_dino_5scale_r50w16"]
 
 @dataclass
 class Case:
-    head: CoRoIHead
+    head: RoIHead
     feats: list
     metas: list
     gts: list
@@ -177,18 +177,18 @@ def test_extractor_equals_per_roi_roi_align():
 
 # -- bad input (synthetic, no fixture) --------------------------------------------------------
 
-def tiny_head() -> CoRoIHead:
+def tiny_head() -> RoIHead:
     torch.manual_seed(0)
     box = Shared2FCBBoxHead(4, 3, roi_size=3, fc_channels=16, loss_cfg=BoxLossConfig(4.0, 40.0, "giou"),
                             test_cfg=RoITestConfig(0.0, 0.5, 20))
-    return CoRoIHead(RoIExtractor((8, 16), output_size=3, finest_scale=16), box, dataclasses.replace(RCNN_SAMPLING, num=16))
+    return RoIHead(RoIExtractor((8, 16), output_size=3, finest_scale=16), box, dataclasses.replace(RCNN_SAMPLING, num=16))
 
 
 def tiny_feats() -> list[torch.Tensor]:
     return [torch.randn(2, 4, 8, 8, requires_grad=True), torch.randn(2, 4, 4, 4, requires_grad=True)]
 
 
-def finite_step(head: CoRoIHead, feats, proposals, gts, labels):
+def finite_step(head: RoIHead, feats, proposals, gts, labels):
     out = head.loss(feats, proposals, gts, labels)
     total = out.losses["loss_cls"] + out.losses["loss_bbox"]
     total.backward()

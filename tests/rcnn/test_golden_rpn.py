@@ -52,11 +52,6 @@ def target_cfg(model_cfg: dict) -> AssignSampleConfig:
     return AssignSampleConfig.from_mmdet(rpn)
 
 
-def proposal_cfg(c: dict) -> ProposalConfig:
-    assert c["nms"]["type"] == "nms"
-    return ProposalConfig(c["nms_pre"], c["max_per_img"], c["nms"]["iou_threshold"], c["min_bbox_size"])
-
-
 @pytest.fixture(scope="module", params=MODELS)
 def case(request) -> Case:
     name = request.param
@@ -113,7 +108,7 @@ def test_rpn_losses(case: Case):
 
 def test_rpn_train_proposals(case: Case):
     cls, reg = case.head(case.feats)
-    cfg = proposal_cfg(_rpn_cfgs(case.model_cfg, "train_cfg")["rpn_proposal"])
+    cfg = ProposalConfig.from_mmdet(_rpn_cfgs(case.model_cfg, "train_cfg")["rpn_proposal"])
     props = case.head.proposals(cls, reg, [m["img_shape"] for m in case.metas], cfg)
     for ours, ref in zip(props, case.train["rpn_forward_train"]["proposal_list"], strict=True):
         assert not ours.requires_grad
@@ -123,7 +118,7 @@ def test_rpn_train_proposals(case: Case):
 def test_rpn_test_proposals(case: Case):
     with torch.no_grad():
         cls, reg = case.head(case.feats)
-    cfg = proposal_cfg(_rpn_cfgs(case.model_cfg, "test_cfg")["rpn"])
+    cfg = ProposalConfig.from_mmdet(_rpn_cfgs(case.model_cfg, "test_cfg")["rpn"])
     props = case.head.proposals(cls, reg, [m["img_shape"] for m in case.metas], cfg)
     for ours, ref in zip(props, case.two_stage["rpn_proposals"], strict=True):
         assert_same_set(ours, ref)

@@ -1,4 +1,4 @@
-"""Official DeFCN / FCOS (Megvii-BaseDetection/DeFCN on cvpods) checkpoints -> codetr DeFCN.
+"""Official DeFCN / FCOS (Megvii-BaseDetection/DeFCN on cvpods) checkpoints -> codetr DeFCN or FCOS.
 
 The official file is ``{'model': state_dict}``; the architecture comes from the cvpods config
 (a nested dict of its names, as the fixtures' ``config``: ``MODEL.RESNETS.DEPTH``, ...), and
@@ -13,7 +13,8 @@ from typing import Any
 from torch import Tensor
 
 from ..data.coco_names import COCO_CATEGORIES
-from ..dense.defcn import DeFCN, DeFCNConfig, official_input_spec
+from ..dense.defcn import DeFCN, DeFCNConfig
+from ..dense.fcos import FCOS, FCOSConfig, PointConfig, official_input_spec
 from ..structures import ClassInfo
 from .common import Rule, load_mapped, map_keys
 
@@ -69,24 +70,12 @@ def _float(x: Any) -> float:
     return math.inf if x in ("inf", float("inf")) else float(x)
 
 
-def config_from_official(config: dict, state: dict[str, Tensor]) -> DeFCNConfig:
-    """cvpods config values + the weights -> DeFCNConfig."""
-    for path, allowed, default in [("MODEL.RESNETS.NUM_GROUPS", (1,), 1), ("MODEL.RESNETS.DEEP_STEM", (False,), False),
-                                   ("MODEL.RESNETS.RES5_DILATION", (1,), 1), ("MODEL.RESNETS.NORM", ("FrozenBN",), "FrozenBN"),
-                                   ("MODEL.FPN.NORM", ("",), ""), ("MODEL.FPN.FUSE_TYPE", ("sum",), "sum"),
-                                   ("MODEL.FPN.BLOCK_IN_FEATURES", ("p5",), "p5"),
-                                   ("MODEL.FCOS.IOU_LOSS_TYPE", ("giou",), "giou"),
-                                   ("MODEL.SHIFT_GENERATOR.NUM_SHIFTS", (1,), 1)]:
-        _require(config, path, allowed, default)
-    if any(float(w) != 1.0 for w in _get(config, "MODEL.FCOS.BBOX_REG_WEIGHTS", [1, 1, 1, 1])):
-        raise ValueError("official config MODEL.FCOS.BBOX_REG_WEIGHTS other than (1, 1, 1, 1) is not supported")
-    d = DeFCNConfig()
-    r, f, p = (lambda k, v: _get(config, "MODEL.RESNETS." + k, v), lambda k, v: _get(config, "MODEL.FCOS." + k, v),
-               lambda k, v: _get(config, "MODEL.POTO." + k, v))
-    is_fcos = "head.centerness.weight" in state
-    nms_threshold = float(f("NMS_THRESH_TEST", 0.6))
-    no_nms = _get(config, "MODEL.NMS_TYPE", "normal") is None or nms_threshold >= 1.0
-    return DeFCNConfig(
+def _point_fields(config: dict, state: dict[str, Tensor], is_fcos: bool) -> dict:
+    """The ``PointConfig`` fields of a cvpods config (FCOS and DeFCN alike)."""
+    d = PointConfig()
+    r, f = (lambda k, v: _get(config, "MODEL.RESNETS." + k, v)), (lambda k, v: _get(config, "MODEL.FCOS." + k, v))
+    radius = f("CENTER_SAMPLING_RADIUS", 1.5) if is_fcos else _get(config, "MODEL.POTO.CENTER_SAMPLING_RADIUS", 1.5)
+    return dict(
         num_classes=int(state["head.cls_score.weight"].shape[0]) if "head.cls_score.weight" in state
         else int(f("NUM_CLASSES", 80)),
         backbone=replace(d.backbone, depth=int(r("DEPTH", 50)),
@@ -97,21 +86,42 @@ def config_from_official(config: dict, state: dict[str, Tensor]) -> DeFCNConfig:
         strides=[int(s) for s in f("FPN_STRIDES", d.strides)],
         point_offset=float(_get(config, "MODEL.SHIFT_GENERATOR.OFFSET", d.point_offset)),
         num_convs=int(f("NUM_CONVS", d.num_convs)), prior_prob=float(f("PRIOR_PROB", d.prior_prob)),
-        norm_reg_targets=bool(f("NORM_REG_TARGETS", d.norm_reg_targets)),
-        assigner="fcos" if is_fcos else "poto", max_filter="head.max3d.conv.weight" in state,
-        filter_kernel_size=int(p("FILTER_KERNEL_SIZE", d.filter_kernel_size)), filter_tau=int(p("FILTER_TAU", d.filter_tau)),
-        poto_alpha=float(p("ALPHA", d.poto_alpha)),
-        center_sampling_radius=float(f("CENTER_SAMPLING_RADIUS", 1.5) if is_fcos else p("CENTER_SAMPLING_RADIUS", 1.5)),
-        aux_topk=None if is_fcos or p("AUX_TOPK", None) is None else int(p("AUX_TOPK", None)),
+        norm_reg_targets=bool(f("NORM_REG_TARGETS", d.norm_reg_targets)), center_sampling_radius=float(radius),
         focal_alpha=float(f("FOCAL_LOSS_ALPHA", d.focal_alpha)), focal_gamma=float(f("FOCAL_LOSS_GAMMA", d.focal_gamma)),
-        reg_weight=float(f("REG_WEIGHT", d.reg_weight)),
-        fcos_size_ranges=[[_float(a), _float(b)] for a, b in f("OBJECT_SIZES_OF_INTEREST", d.fcos_size_ranges)],
-        centerness_on_reg=bool(f("CENTERNESS_ON_REG", d.centerness_on_reg)),
         score_threshold=float(f("SCORE_THRESH_TEST", d.score_threshold)),
         topk_candidates=int(f("TOPK_CANDIDATES_TEST", d.topk_candidates)),
-        nms_threshold=None if no_nms else nms_threshold,
         detections_per_image=int(_get(config, "TEST.DETECTIONS_PER_IMAGE", d.detections_per_image)),
     )
+
+
+def config_from_official(config: dict, state: dict[str, Tensor]) -> DeFCNConfig | FCOSConfig:
+    """cvpods config values + the weights -> DeFCNConfig, or FCOSConfig when the head has
+    center-ness weights."""
+    for path, allowed, default in [("MODEL.RESNETS.NUM_GROUPS", (1,), 1), ("MODEL.RESNETS.DEEP_STEM", (False,), False),
+                                   ("MODEL.RESNETS.RES5_DILATION", (1,), 1), ("MODEL.RESNETS.NORM", ("FrozenBN",), "FrozenBN"),
+                                   ("MODEL.FPN.NORM", ("",), ""), ("MODEL.FPN.FUSE_TYPE", ("sum",), "sum"),
+                                   ("MODEL.FPN.BLOCK_IN_FEATURES", ("p5",), "p5"),
+                                   ("MODEL.FCOS.IOU_LOSS_TYPE", ("giou",), "giou"),
+                                   ("MODEL.SHIFT_GENERATOR.NUM_SHIFTS", (1,), 1)]:
+        _require(config, path, allowed, default)
+    if any(float(w) != 1.0 for w in _get(config, "MODEL.FCOS.BBOX_REG_WEIGHTS", [1, 1, 1, 1])):
+        raise ValueError("official config MODEL.FCOS.BBOX_REG_WEIGHTS other than (1, 1, 1, 1) is not supported")
+    f, p = (lambda k, v: _get(config, "MODEL.FCOS." + k, v)), (lambda k, v: _get(config, "MODEL.POTO." + k, v))
+    is_fcos = "head.centerness.weight" in state
+    nms_threshold = float(f("NMS_THRESH_TEST", 0.6))
+    no_nms = _get(config, "MODEL.NMS_TYPE", "normal") is None or nms_threshold >= 1.0
+    fields = dict(_point_fields(config, state, is_fcos), nms_threshold=None if no_nms else nms_threshold)
+    if is_fcos:
+        d = FCOSConfig()
+        return FCOSConfig(**fields, size_ranges=[[_float(a), _float(b)] for a, b in
+                                                 f("OBJECT_SIZES_OF_INTEREST", d.size_ranges)],
+                          centerness_on_reg=bool(f("CENTERNESS_ON_REG", d.centerness_on_reg)))
+    d = DeFCNConfig()
+    aux = p("AUX_TOPK", None)
+    return DeFCNConfig(**fields, max_filter="head.max3d.conv.weight" in state,
+                       filter_kernel_size=int(p("FILTER_KERNEL_SIZE", d.filter_kernel_size)),
+                       filter_tau=int(p("FILTER_TAU", d.filter_tau)), poto_alpha=float(p("ALPHA", d.poto_alpha)),
+                       aux_topk=None if aux is None else int(aux), reg_weight=float(f("REG_WEIGHT", d.reg_weight)))
 
 
 def input_spec_from_official(config: dict):
@@ -136,12 +146,13 @@ def coco_classes(num_classes: int) -> ClassInfo:
     return ClassInfo(ids, [COCO_CATEGORIES[i] for i in ids])
 
 
-def convert(state: dict[str, Tensor], config: dict, strict: bool = True) -> DeFCN:
+def convert(state: dict[str, Tensor], config: dict, strict: bool = True) -> DeFCN | FCOS:
     if not any(k.startswith("backbone.bottom_up.") for k in state) or "head.cls_score.weight" not in state:
         raise ValueError("not a cvpods DeFCN/FCOS checkpoint: expected 'backbone.bottom_up.*' and "
                          f"'head.cls_score.weight' keys (first keys: {', '.join(list(state)[:5])})")
     model_config = config_from_official(config, state)
-    model = DeFCN(model_config, coco_classes(model_config.num_classes), input_spec_from_official(config))
+    family = FCOS if isinstance(model_config, FCOSConfig) else DeFCN
+    model = family(model_config, coco_classes(model_config.num_classes), input_spec_from_official(config))
     mapped, unmapped = map_keys(state, KEY_RULES)
-    load_mapped(model, mapped, unmapped, "DeFCN checkpoint", strict=strict)
+    load_mapped(model, mapped, unmapped, f"{family.__name__} checkpoint", strict=strict)
     return model

@@ -37,7 +37,7 @@ from ..assign.atss import atss_assign
 from ..boxes import elementwise_generalized_box_iou
 from ..coders import delta_xywh_decode
 from ..losses import reduce_by_avg_factor, sigmoid_focal_loss
-from ..ops.nms import batched_nms
+from .base import keep_top, per_prior, top_candidates
 
 
 class ScalarScale(nn.Module):
@@ -296,15 +296,12 @@ class ATSSHead(nn.Module):
         """One level of one image: cls [A*K, H, W], deltas [A*4, H, W], ctr [A, H, W] -> the
         ``nms_pre`` best (anchor, class) pairs over ``score_thr``: boxes [M, 4] (decoded,
         clipped), scores [M], labels [M], centerness [M] (mmdet ``filter_scores_and_topk``)."""
-        scores = cls.permute(1, 2, 0).reshape(-1, self.num_classes).sigmoid()  # [HWA, K]
-        over = scores > self.test_cfg.score_thr
-        pairs = over.nonzero()  # [V, 2] (anchor, class), row-major
-        ranked, order = scores[over].sort(descending=True)  # mmdet's sort, not topk
-        keep = pairs[order[:self.test_cfg.nms_pre]]  # [M, 2]
-        box_deltas = deltas.permute(1, 2, 0).reshape(-1, 4)[keep[:, 0]]
-        boxes = delta_xywh_decode(anchors[keep[:, 0]], box_deltas, self.target_means, self.target_stds, max_shape=hw)
-        centerness = ctr.permute(1, 2, 0).reshape(-1)[keep[:, 0]].sigmoid()
-        return boxes, ranked[:self.test_cfg.nms_pre], keep[:, 1], centerness
+        scores = per_prior(cls[None], self.num_classes)[0].sigmoid()  # [HWA, K]
+        ranked, idx, labels = top_candidates(scores, self.test_cfg.nms_pre, self.test_cfg.score_thr)
+        box_deltas = per_prior(deltas[None], 4)[0][idx]
+        boxes = delta_xywh_decode(anchors[idx], box_deltas, self.target_means, self.target_stds, max_shape=hw)
+        centerness = per_prior(ctr[None], 1)[0, idx, 0].sigmoid()
+        return boxes, ranked, labels, centerness
 
     def _predict_image(self, cls: list[Tensor], deltas: list[Tensor], ctr: list[Tensor], anchors: list[Tensor],
                        hw: tuple[int, int], scale_factor: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -313,11 +310,8 @@ class ATSSHead(nn.Module):
         if scale_factor is not None:
             boxes = boxes / torch.as_tensor(scale_factor, dtype=boxes.dtype, device=boxes.device)
         scores = scores * centerness  # the score the NMS ranks by (mmdet: no sqrt)
-        if boxes.numel() == 0:
-            return torch.cat([boxes, scores[:, None]], 1), labels
-        dets, keep = batched_nms(boxes, scores, labels, {"type": "nms", "iou_threshold": self.test_cfg.nms_iou})
-        return dets[:self.test_cfg.max_per_img], labels[keep][:self.test_cfg.max_per_img]
-
+        boxes, scores, labels = keep_top(boxes, scores, labels, self.test_cfg.nms_iou, self.test_cfg.max_per_img)
+        return torch.cat([boxes, scores[:, None]], 1), labels
 
 
 # -- official configuration and weights ---------------------------------------------------

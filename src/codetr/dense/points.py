@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-
+from .base import per_prior
 
 
 def level_points(height: int, width: int, stride: int, offset: float = 0.5,
@@ -26,6 +26,17 @@ def points_per_level(shapes: list[tuple[int, int]], strides: list[int], offset: 
     return [level_points(h, w, s, offset, device) for (h, w), s in zip(shapes, strides)]
 
 
+class PointGenerator:
+    """The points of every level, a ``DenseDetector`` prior generator."""
+
+    def __init__(self, strides: list[int], offset: float = 0.5) -> None:
+        self.strides, self.offset = list(strides), offset
+
+    def __call__(self, shapes: list[tuple[int, int]], device: torch.device | str = "cpu") -> list[Tensor]:
+        return points_per_level(shapes, self.strides, self.offset, device)
+
+
 def flatten_levels(maps: list[Tensor]) -> Tensor:
-    """Per-level [B, K, H_l, W_l] -> [B, sum_l H_l W_l, K], levels concatenated, row-major points."""
-    return torch.cat([m.flatten(2).transpose(1, 2) for m in maps], dim=1)
+    """Per-level [B, K, H_l, W_l] -> [B, sum_l H_l W_l, K], levels concatenated, row-major points
+    (``base.per_prior`` with one prior per location)."""
+    return torch.cat([per_prior(m, m.shape[1]) for m in maps], dim=1)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..backbones.config import nest_flat_backbone
+from ..dense.defcn import upgrade_legacy_fcos
 from ..version import __version__
 
 REQUIRED_KEYS = ("codetr_version", "family")
@@ -107,12 +108,13 @@ def load_checkpoint(path: str | Path, family: str | None = None, model_name: str
     if missing:
         raise CheckpointError(f"{str(path)!r} is not a codetr checkpoint (missing {missing}); "
                               "official checkpoints go through codetr.convert")
+    state = upgrade_state(state)  # before the family check: an upgrade may change the family
     for key, expected in (("family", family), ("model_name", model_name)):
         found = state.get(key)
         if expected is not None and found != expected:
             raise CheckpointError(f"checkpoint {str(path)!r} holds a model of {key} {found!r}, "
                                   f"expected {expected!r}")
-    return upgrade_state(state)
+    return state
 
 
 # Weight names that changed since checkpoints were first written, per family: (pattern, new name).
@@ -128,7 +130,7 @@ def upgrade_state(state: dict) -> dict:
     """A checkpoint of an earlier codetr with its weights under today's names (the model, and
     the live model of an EMA run), parameter order, hence optimizer state, unchanged; and its flat
     ``model_config`` backbone keys (``backbone_depth``, ``stem_channels`` ...) nested as today's
-    ``model_config["backbone"]`` (``BackboneConfig``)."""
+    ``model_config["backbone"]`` (``BackboneConfig``); FCOS of family "defcn" as family "fcos"."""
     family = state.get("family")
     rules = _RENAMED_WEIGHTS.get(family, []) if isinstance(family, str) else []
     for key in ("model", "live_model"):
@@ -136,7 +138,7 @@ def upgrade_state(state: dict) -> dict:
             state[key] = {_renamed(name, rules): value for name, value in state[key].items()}
     if isinstance(state.get("model_config"), dict):
         state["model_config"] = nest_flat_backbone(state["model_config"])
-    return state
+    return upgrade_legacy_fcos(state)  # FCOS saved as family "defcn" with assigner "fcos"
 
 
 def _renamed(name: str, rules: list[tuple[re.Pattern, str]]) -> str:

@@ -1,5 +1,5 @@
-"""The R-CNN RoI head as Co-DETR's auxiliary ``CoStandardRoIHead`` (mmdet 2.25.3 ``StandardRoIHead``
-plus the ``pos_coords`` Co-DETR turns into positive queries).
+"""The R-CNN RoI head: mmdet 2.25.3's ``StandardRoIHead`` (Faster R-CNN's second stage), plus the
+``pos_coords`` Co-DETR's auxiliary ``CoStandardRoIHead`` turns into positive queries.
 
 Training, per image: Max-IoU assignment of the proposals to the gts (``codetr.assign.max_iou``),
 random sampling of ``[gts; proposals]`` (``codetr.sampling``; gts prepended as their own
@@ -79,7 +79,7 @@ def pos_coords_from(forward: RoIForward, targets: RoITargets, num_images: int) -
     return RoIPosCoords(pick(forward.rois[:, 1:]), pick(targets.labels), pick(targets.box_targets), pick(feats))
 
 
-class CoRoIHead(nn.Module):
+class RoIHead(nn.Module):
     """RoI extractor + box head + assignment / sampling numbers (module docstring)."""
 
     def __init__(self, extractor: RoIExtractor, bbox_head: Shared2FCBBoxHead,
@@ -131,7 +131,9 @@ class CoRoIHead(nn.Module):
 
 # -- official configuration and weights ---------------------------------------------------
 
-def _box_loss_cfg(head: dict, rcnn_train: dict | None) -> BoxLossConfig:
+def box_loss_from_mmdet(head: dict, rcnn_train: dict | None) -> BoxLossConfig:
+    """The loss of an mmdet ``bbox_head`` entry (softmax CE + L1 on deltas, or GIoU on decoded
+    boxes) and ``train_cfg.rcnn.pos_weight`` (None: test only)."""
     cls, box = head["loss_cls"], head["loss_bbox"]
     if cls["type"] != "CrossEntropyLoss" or cls.get("use_sigmoid", False):
         raise ValueError(f"only the softmax CrossEntropyLoss classifier is implemented, not {cls}")
@@ -142,30 +144,38 @@ def _box_loss_cfg(head: dict, rcnn_train: dict | None) -> BoxLossConfig:
     return BoxLossConfig(cls.get("loss_weight", 1.0), box.get("loss_weight", 1.0), kinds[box["type"]], pos_weight)
 
 
-def roi_head_from_mmdet(roi_cfg: dict, rcnn_train: dict | None, rcnn_test: dict) -> CoRoIHead:
-    """Build from an mmdet ``roi_head`` entry (``bbox_roi_extractor``, ``bbox_head``), its
-    ``train_cfg.rcnn`` (None: test only) and ``test_cfg.rcnn``, every number read from them."""
-    ext, head = roi_cfg["bbox_roi_extractor"], roi_cfg["bbox_head"]
+def extractor_from_mmdet(ext: dict) -> RoIExtractor:
+    """An mmdet ``bbox_roi_extractor`` entry (``SingleRoIExtractor`` + aligned ``RoIAlign``)."""
     layer = ext["roi_layer"]
     if ext["type"] != "SingleRoIExtractor" or layer["type"] != "RoIAlign" or not layer.get("aligned", True):
         raise ValueError("only SingleRoIExtractor with aligned RoIAlign is implemented")
+    return RoIExtractor(ext["featmap_strides"], layer["output_size"], ext.get("finest_scale", 56),
+                        layer.get("sampling_ratio", 0))
+
+
+def roi_test_from_mmdet(rcnn_test: dict) -> RoITestConfig:
+    """mmdet ``test_cfg.rcnn`` (plain NMS only)."""
+    if rcnn_test["nms"]["type"] != "nms":
+        raise ValueError(f"only plain NMS is implemented for the RoI head test, not {rcnn_test['nms']['type']!r}")
+    return RoITestConfig(rcnn_test["score_thr"], rcnn_test["nms"]["iou_threshold"], rcnn_test["max_per_img"])
+
+
+def roi_head_from_mmdet(roi_cfg: dict, rcnn_train: dict | None, rcnn_test: dict) -> RoIHead:
+    """Build from an mmdet ``roi_head`` entry (``bbox_roi_extractor``, ``bbox_head``), its
+    ``train_cfg.rcnn`` (None: test only) and ``test_cfg.rcnn``, every number read from them."""
+    head = roi_cfg["bbox_head"]
     if head["type"] != "Shared2FCBBoxHead":
         raise ValueError(f"only Shared2FCBBoxHead is implemented, not {head['type']}")
     coder = head.get("bbox_coder", {})
-    extractor = RoIExtractor(ext["featmap_strides"], layer["output_size"], ext.get("finest_scale", 56),
-                             layer.get("sampling_ratio", 0))
-    if rcnn_test["nms"]["type"] != "nms":
-        raise ValueError("only plain NMS is implemented for the RoI head test")
-    test = RoITestConfig(rcnn_test["score_thr"], rcnn_test["nms"]["iou_threshold"], rcnn_test["max_per_img"])
     box_head = Shared2FCBBoxHead(head["in_channels"], head["num_classes"], head.get("roi_feat_size", 7),
                                  head.get("fc_out_channels", 1024), head.get("reg_class_agnostic", False),
                                  coder.get("target_means", (0.0,) * 4), coder.get("target_stds", (0.1, 0.1, 0.2, 0.2)),
-                                 _box_loss_cfg(head, rcnn_train), test)
+                                 box_loss_from_mmdet(head, rcnn_train), roi_test_from_mmdet(rcnn_test))
     sampling = RCNN_SAMPLING if rcnn_train is None else AssignSampleConfig.from_mmdet(rcnn_train)
-    return CoRoIHead(extractor, box_head, sampling)
+    return RoIHead(extractor_from_mmdet(roi_cfg["bbox_roi_extractor"]), box_head, sampling)
 
 
-def load_official_weights(head: CoRoIHead, state_dict: dict[str, Tensor], prefix: str = "roi_head.0.") -> None:
+def load_official_weights(head: RoIHead, state_dict: dict[str, Tensor], prefix: str = "roi_head.0.") -> None:
     """Strict load of mmdet's ``roi_head.<i>.bbox_head.*`` keys (the names match ours)."""
     mine = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
     head.load_state_dict(mine, strict=True)

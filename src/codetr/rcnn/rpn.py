@@ -43,6 +43,17 @@ class ProposalConfig:
     iou_threshold: float = 0.7
     min_bbox_size: float = 0.0
 
+    @classmethod
+    def from_mmdet(cls, section: dict) -> "ProposalConfig":
+        """From mmdet 2.x ``train_cfg.rpn_proposal`` / ``test_cfg.rpn`` (``nms=dict(type='nms',
+        iou_threshold=...)``; the older ``nms_thr`` / ``max_num`` and ``nms_across_levels`` are refused)."""
+        nms = section.get("nms")
+        if not isinstance(nms, dict) or nms.get("type") != "nms" or section.get("nms_across_levels", False):
+            raise ValueError(f"RPN proposals: only per-level plain NMS (nms=dict(type='nms', ...)) is implemented, "
+                             f"got {section}")
+        return cls(int(section["nms_pre"]), int(section["max_per_img"]), float(nms["iou_threshold"]),
+                   float(section.get("min_bbox_size", 0)))
+
 
 @dataclass
 class ImageTargets:
