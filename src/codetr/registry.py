@@ -9,10 +9,16 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .convert import defcn_official, deformable_detr_official, dino_official, yolact_official
+from .convert import fcos_official, mmdet_atss_official
+from .convert import co_detr_official, mmdet_faster_rcnn_official
+from .co_detr import CoDETR, CoDETRConfig
+from .dense.atss_detector import ATSS, ATSSConfig
 from .dense.defcn import DeFCN, DeFCNConfig
+from .dense.fcos import FCOS, FCOSConfig
 from .detector import Detector
 from .detr.deformable_detr import DeformableDETR, DeformableDETRConfig
 from .detr.dino import DINO, DINOConfig
+from .rcnn.faster_rcnn import FasterRCNN, FasterRCNNConfig
 from .yolact.yolact import Yolact, YolactConfig
 
 # (official checkpoint dict, official config values, strict, ema, source for messages) -> model
@@ -37,6 +43,10 @@ FAMILIES: tuple[Family, ...] = (
     Family("dino", DINO, DINOConfig, dino_official, "dino"),
     Family("yolact", Yolact, YolactConfig, yolact_official, "yolact"),
     Family("defcn", DeFCN, DeFCNConfig, defcn_official, "defcn"),
+    Family("fcos", FCOS, FCOSConfig, fcos_official, "fcos"),
+    Family("atss", ATSS, ATSSConfig, mmdet_atss_official, "mmdet_atss"),
+    Family("co_detr", CoDETR, CoDETRConfig, co_detr_official, "co_detr"),
+    Family("faster_rcnn", FasterRCNN, FasterRCNNConfig, mmdet_faster_rcnn_official, "mmdet_faster_rcnn"),
 )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from torch import Tensor
 
 from ..detector import Detector
-from .common import as_config_dict, load_checkpoint_file
+from .common import as_config_dict, load_checkpoint_file, read_config
 
 
 def load_official(family: str, checkpoint: str | Path | dict, config: dict | Any = None,
@@ -21,7 +21,8 @@ def load_official(family: str, checkpoint: str | Path | dict, config: dict | Any
 
     ``checkpoint``: a path or an already loaded dict in the official layout. The architecture
     comes from the official configuration values: ``config`` when given (a dict or argparse
-    Namespace of official names), else the ``args`` the checkpoint carries. Unmapped or missing
+    Namespace of official names, or a JSON / mmcv ``.py`` file or mmcv config text:
+    ``common.read_config``), else the ``args`` the checkpoint carries. Unmapped or missing
     keys raise (``strict``) or warn, each reported by name. ``ema``: load the ``'ema_model'``
     weights of a DINO checkpoint trained with EMA instead of ``'model'``.
     """
@@ -30,6 +31,8 @@ def load_official(family: str, checkpoint: str | Path | dict, config: dict | Any
     reader = get_family(family).convert
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint_file(checkpoint)
     source = f"checkpoint {checkpoint}" if not isinstance(checkpoint, dict) else "checkpoint dict"
+    if isinstance(config, (str, Path)):
+        config = read_config(config)
     args = as_config_dict(config if config is not None else ckpt.get("args"))
     return reader(ckpt, args, strict, ema, source)
 
@@ -67,3 +70,34 @@ def defcn_official(ckpt: dict, args: dict, strict: bool, ema: bool, source: str)
 
     state = _entry(ckpt, "model", source, "official cvpods DeFCN/FCOS checkpoints are {'model': state_dict}")
     return convert(state, args, strict=strict)
+
+
+def fcos_official(ckpt: dict, args: dict, strict: bool, ema: bool, source: str) -> Detector:
+    """cvpods FCOS only (``defcn_official`` reads both DeFCN and FCOS checkpoints)."""
+    if "head.centerness.weight" not in _entry(ckpt, "model", source, "official cvpods FCOS checkpoints are "
+                                              "{'model': state_dict}"):
+        raise ValueError(f"{source} is not a cvpods FCOS checkpoint (no 'head.centerness.weight'); "
+                         "DeFCN checkpoints convert with family 'defcn'")
+    return defcn_official(ckpt, args, strict, ema, source)
+
+
+def mmdet_atss_official(ckpt: dict, args: dict, strict: bool, ema: bool, source: str) -> Detector:
+    from .mmdet_atss import convert
+    from .mmdet_faster_rcnn import mmdet_config
+
+    _entry(ckpt, "state_dict", source, "mmdet checkpoints are {'meta': {..., 'config': ...}, 'state_dict': ...}")
+    return convert(ckpt, mmdet_config(ckpt, args), strict=strict)
+
+
+def mmdet_faster_rcnn_official(ckpt: dict, args: dict, strict: bool, ema: bool, source: str) -> Detector:
+    from .mmdet_faster_rcnn import convert, mmdet_config
+
+    _entry(ckpt, "state_dict", source, "mmdet checkpoints are {'meta': {..., 'config': ...}, 'state_dict': ...}")
+    return convert(ckpt, mmdet_config(ckpt, args), strict=strict)
+
+
+def co_detr_official(ckpt: dict, args: dict, strict: bool, ema: bool, source: str) -> Detector:
+    from .co_detr import convert
+
+    _entry(ckpt, "state_dict", source, "official Co-DETR (mmdet 2.x) checkpoints are {'meta': ..., 'state_dict': ...}")
+    return convert(ckpt, args, strict=strict)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 from pathlib import Path
@@ -41,6 +42,19 @@ def as_config_dict(args: Any) -> dict:
     if isinstance(args, dict):
         return dict(args)
     raise TypeError(f"official config must be a dict or argparse.Namespace, got {type(args).__name__}")
+
+
+def read_config(config: str | Path) -> dict:
+    """An official config given as a file or text: a ``.json`` file (official values by name),
+    else an mmcv ``.py`` file or its text, read without executing it (``mmcv_config``)."""
+    from .mmcv_config import load_config_file, load_config_text
+
+    if isinstance(config, Path) or "\n" not in config:
+        path = Path(config)
+        if path.suffix == ".json":
+            return json.loads(path.read_text())
+        return load_config_file(path)
+    return load_config_text(config)
 
 
 Rule = tuple[str, str | None]  # (regex on the official key, replacement; None = drop)

@@ -183,11 +183,19 @@ def multiscale_features(backbone: nn.Module, input_proj: nn.ModuleList, position
     """Backbone levels through their projections, extra levels by stride-2 projections of the
     last backbone level (the first) or of the previous extra level; the image padding mask
     resized to each level (nearest); sine positions of the valid region."""
-    mask = padding_mask(sizes, images.shape[-2], images.shape[-1])
     feats = backbone(images)
     srcs = [proj(f) for proj, f in zip(input_proj, feats)]
     for proj in input_proj[len(feats):]:
         srcs.append(proj(feats[-1] if len(srcs) == len(feats) else srcs[-1]))
+    return with_masks_and_positions(srcs, sizes, tuple(images.shape[-2:]), position)
+
+
+def with_masks_and_positions(srcs: list[Tensor], sizes: Tensor, image_hw: tuple[int, int],
+                             position: nn.Module) -> MultiScaleMaps:
+    """Maps [B, C, H_l, W_l] of a padded batch of ``image_hw`` -> ``MultiScaleMaps``: the image
+    padding mask (``sizes`` [B, 2] valid (h, w)) resized to each level (nearest) and the sine
+    positions of each level's valid region."""
+    mask = padding_mask(sizes, image_hw[0], image_hw[1])
     masks = [F.interpolate(mask[None].float(), size=s.shape[-2:]).to(torch.bool)[0] for s in srcs]
     pos = [position(m).to(s.dtype) for s, m in zip(srcs, masks)]
     return MultiScaleMaps(srcs, masks, pos)

@@ -1,0 +1,70 @@
+"""Co-DETR's auxiliary heads built from their official config dicts (``CoDETRConfig.rpn``,
+``roi_heads``, ``atss_heads``) with codetr's parts, and their official test paths on the
+query head's maps (``CoDETR.simple_test_bbox_head`` / ``simple_test_roi_head``).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import Tensor, nn
+
+from ..anchors import AnchorGenerator
+from ..dense.atss import ATSSHead, atss_head_from_mmdet
+from ..rcnn import ProposalConfig, RPNHead
+from ..rcnn.roi_head import RoIHead, roi_head_from_mmdet
+from ..sampling import AssignSampleConfig
+
+
+def rpn_from_mmdet(head: dict) -> RPNHead:
+    """An mmdet ``RPNHead`` dict (sigmoid CE + L1 on deltas) -> ``RPNHead``."""
+    if head.get("type") != "RPNHead" or head["loss_cls"]["type"] != "CrossEntropyLoss" or \
+            not head["loss_cls"].get("use_sigmoid", False) or head["loss_bbox"]["type"] != "L1Loss":
+        raise ValueError("only the RPNHead with sigmoid cross-entropy and L1 losses is supported")
+    ag, coder = head["anchor_generator"], head.get("bbox_coder", {})
+    anchors = AnchorGenerator(ag["strides"], ag["ratios"], octave_base_scale=ag["octave_base_scale"],
+                              scales_per_octave=ag["scales_per_octave"])
+    return RPNHead(head["in_channels"], head.get("feat_channels", head["in_channels"]), anchors,
+                   head["loss_cls"].get("loss_weight", 1.0), head["loss_bbox"].get("loss_weight", 1.0),
+                   stds=coder.get("target_stds", (1.0,) * 4), means=coder.get("target_means", (0.0,) * 4))
+
+
+def proposal_config(cfg: dict) -> ProposalConfig:
+    """mmdet ``rpn_proposal`` / ``test_cfg.rpn`` -> ProposalConfig (plain NMS only)."""
+    if cfg["nms"]["type"] != "nms":
+        raise ValueError(f"RPN proposals use plain NMS, got {cfg['nms']['type']}")
+    return ProposalConfig(int(cfg["nms_pre"]), int(cfg["max_per_img"]), float(cfg["nms"]["iou_threshold"]),
+                          float(cfg.get("min_bbox_size", 0)))
+
+
+class AuxHeads(nn.Module):
+    """The RPN (shared by every RoI head), the RoI heads and the ATSS heads, with their
+    train / test numbers. Module names: ``rpn_head``, ``roi_head.i``, ``bbox_head.j`` (official)."""
+
+    def __init__(self, rpn: dict | None, roi_heads: Sequence[dict], atss_heads: Sequence[dict]) -> None:
+        super().__init__()
+        self.rpn_head = rpn_from_mmdet(rpn["head"]) if rpn else None
+        self.rpn_train = AssignSampleConfig.from_mmdet(rpn["train"]) if rpn and rpn.get("train") else None
+        self.rpn_proposal = proposal_config(rpn["proposal"]) if rpn and rpn.get("proposal") else None
+        self.rpn_test = proposal_config(rpn["test"]) if rpn else None
+        self.roi_head = nn.ModuleList(roi_head_from_mmdet(r["head"], r["train"], r["test"]) for r in roi_heads)
+        self.bbox_head = nn.ModuleList(atss_head_from_mmdet(a["head"], a["train"], a["test"]) for a in atss_heads)
+        if len(self.roi_head) and self.rpn_head is None:
+            raise ValueError("RoI heads need the RPN's proposals")
+
+    def test_proposals(self, maps: list[Tensor], img_shapes: Sequence[Sequence[int]]) -> list[Tensor]:
+        """RPN test proposals per image [M, 5] (input pixels) on all L + 1 maps."""
+        cls, reg = self.rpn_head(maps)
+        return self.rpn_head.proposals(cls, reg, list(img_shapes), self.rpn_test)
+
+    def two_stage_test(self, maps: list[Tensor], img_shapes: Sequence[Sequence[int]], index: int,
+                       scale_factors: Sequence[Tensor] | None) -> list[tuple[Tensor, Tensor]]:
+        """``simple_test_roi_head``: RPN test proposals, then RoI head ``index``; per image
+        (dets [M, 5], labels [M]), boxes divided by ``scale_factors`` (w, h, w, h) when given."""
+        head: RoIHead = self.roi_head[index]
+        return head.predict(maps, self.test_proposals(maps, img_shapes), img_shapes, scale_factors)
+
+    def one_stage_test(self, maps: list[Tensor], img_shapes: Sequence[Sequence[int]], index: int,
+                       scale_factors: Sequence[Tensor] | None) -> list[tuple[Tensor, Tensor]]:
+        """``simple_test_bbox_head``: ATSS head ``index`` on all L + 1 maps."""
+        head: ATSSHead = self.bbox_head[index]
+        return head.predict(head(maps), [tuple(s[:2]) for s in img_shapes], scale_factors)
