@@ -8,6 +8,8 @@ encoder on 128 px images (16x16, 8x8, 4x4, 2x2; 4 heads; batch 4). Forward and b
 
     python benchmarks/bench_msda.py --iters 3 --threads 2
     python benchmarks/bench_msda.py --iters 10 --threads 2 --small
+
+GPU timing of the fused Triton kernels against the reference: benchmarks/bench_msda_gpu.py.
 """
 from __future__ import annotations
 

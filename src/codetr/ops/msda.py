@@ -12,9 +12,12 @@ Locations are normalized to [0, 1] over each level's map (0 = left/top edge of t
 pixel, 1 = right/bottom edge of the last), so (x, y) falls on pixel coordinates
 (x W_l - 1/2, y H_l - 1/2); sampling is bilinear with zeros outside the map.
 
-Three backends, chosen by ``ms_deform_attn`` from the device and the problem size:
+Four backends, chosen by ``ms_deform_attn`` from the device and the problem size:
 - ``ms_deform_attn_grid_sample``: the readable reference (one ``grid_sample`` per level, batched
-  over images and heads), used on GPUs and the one every other backend is tested against;
+  over images and heads), the one every other backend is tested against; used on GPUs when
+  triton is not installed or ``CODETR_MSDA=reference`` is set in the environment;
+- ``ms_deform_attn_triton`` (GPU): fused Triton forward and backward kernels
+  (``codetr.ops.msda_triton``), compiled on first use; used on CUDA whenever triton imports;
 - ``ms_deform_attn_bag`` (CPU): the same sum written as one ``embedding_bag``: each (image,
   head, query) is a bag of the L*P*4 bilinear corner rows of the value table, weighted by
   attention x bilinear weight. On CPU it runs ~2x faster forward than the reference
@@ -28,6 +31,11 @@ Three backends, chosen by ``ms_deform_attn`` from the device and the problem siz
 it computed once per forward, so no call reads shapes back from the device.
 """
 from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Callable
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -53,12 +61,34 @@ def ms_deform_attn(value: Tensor, spatial_shapes: Shapes, sampling_locations: Te
     """Multi-scale deformable attention with the fastest backend for the inputs' device and
     size (shapes as in ``ms_deform_attn_grid_sample``)."""
     if value.device.type != "cpu":
-        backend = ms_deform_attn_grid_sample
+        backend = gpu_backend() if value.device.type == "cuda" else ms_deform_attn_grid_sample
     elif value.shape[0] * value.shape[1] * value.shape[2] * sampling_locations.shape[1] <= DENSE_MAX_ENTRIES:
         backend = ms_deform_attn_dense
     else:
         backend = ms_deform_attn_bag
     return backend(value, spatial_shapes, sampling_locations, attention_weights)
+
+
+@cache
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def gpu_backend() -> Callable[..., Tensor]:
+    """The CUDA backend: the Triton kernels when triton is installed, unless the environment sets
+    ``CODETR_MSDA=reference`` (read at every call), else the grid_sample reference."""
+    if os.environ.get("CODETR_MSDA", "") != "reference" and triton_available():
+        return ms_deform_attn_triton
+    return ms_deform_attn_grid_sample
+
+
+def ms_deform_attn_triton(value: Tensor, spatial_shapes: Shapes, sampling_locations: Tensor,
+                          attention_weights: Tensor) -> Tensor:
+    """The sum in fused Triton kernels (``codetr.ops.msda_triton``, imported here so that codetr
+    imports without triton), shapes as ``ms_deform_attn_grid_sample``. Needs CUDA tensors, or
+    ``TRITON_INTERPRET=1`` set before the first call for CPU ones (slow; for tests)."""
+    from .msda_triton import ms_deform_attn_fused
+    return ms_deform_attn_fused(value, spatial_shapes, sampling_locations, attention_weights)
 
 
 def ms_deform_attn_grid_sample(value: Tensor, spatial_shapes: Shapes, sampling_locations: Tensor,
@@ -84,6 +114,8 @@ def ms_deform_attn_grid_sample(value: Tensor, spatial_shapes: Shapes, sampling_l
     weights = attention_weights.permute(0, 2, 3, 1, 4).reshape(B * M, L, 1, Q, P)
     out = value.new_zeros(B * M, D, Q)
     for lvl, (tokens, (h, w)) in enumerate(zip(value.split([h * w for h, w in shapes], dim=1), shapes)):
+        if h * w == 0:  # an empty level: every sample reads the zero padding
+            continue
         level_map = tokens.permute(0, 2, 3, 1).reshape(B * M, D, h, w)     # [B, HW, M, D] -> [B*M, D, H, W]
         samples = F.grid_sample(level_map, grid[:, lvl], mode="bilinear", padding_mode="zeros",
                                 align_corners=False)                        # [B*M, D, 1, Q*P]
