@@ -25,13 +25,16 @@ TINY = {  # family -> config overrides that shrink any of its zoo entries
     "dino": {**DETR, "dn_number": 3},
     "yolact": dict(backbone=BACKBONE, fpn_features=16, num_prototypes=4, max_size=64, conf_threshold=0.0),
     "defcn": dict(backbone=BACKBONE, fpn_channels=64, num_convs=1, score_threshold=0.0),
+    "fcos": dict(backbone=BACKBONE, fpn_channels=64, num_convs=1, score_threshold=0.0),
+    "atss": dict(backbone=BACKBONE, fpn_channels=32, feat_channels=64, stacked_convs=1, score_threshold=0.0),
+    "faster_rcnn": dict(backbone=BACKBONE, fpn_channels=16, rpn_channels=16, fc_channels=32),
 }
 SPEC = {"min_size": 64, "max_size": 96}  # the non-square families' tiny input
 HW = (64, 64)                             # the train / eval batch's images
 
 
 def family_of(name: str) -> str:
-    return "defcn" if name.startswith(("defcn", "fcos")) else next(f for f in TINY if name.startswith(f))
+    return next(f for f in TINY if name.startswith(f))
 
 
 def tiny(name: str) -> codetr.detector.Detector:
@@ -74,7 +77,8 @@ def eval_outputs(model) -> dict:
 def raw_output_names(model) -> set[str]:
     """The README's names: DETRs' pred_logits, pred_boxes, aux_outputs and enc_outputs (two-stage
     Deformable DETR) / interm_outputs (DINO); DeFCN's box_cls, box_delta and box_filter (3DMF) or
-    box_center (FCOS); YOLACT's loc, conf, mask, priors, proto."""
+    box_center (FCOS); ATSS's (mmdet) cls_scores, bbox_preds, centernesses; YOLACT's loc, conf, mask,
+    priors, proto."""
     c = model.config
     if model.family == "deformable_detr":
         return {"pred_logits", "pred_boxes", "aux_outputs"} | ({"enc_outputs"} if c.two_stage else set())
@@ -82,8 +86,12 @@ def raw_output_names(model) -> set[str]:
         return {"pred_logits", "pred_boxes", "aux_outputs", "interm_outputs"}
     if model.family == "yolact":
         return {"loc", "conf", "mask", "priors", "proto"}
-    quality = {"poto": {"box_filter"} if c.max_filter else set(), "fcos": {"box_center"}}[c.assigner]
-    return {"box_cls", "box_delta"} | quality
+    if model.family == "faster_rcnn":
+        return {"rpn_cls_score", "rpn_bbox_pred", "proposals", "rois", "cls_score", "bbox_pred"}
+    if model.family == "atss":
+        return {"cls_scores", "bbox_preds", "centernesses"}
+    return {"box_cls", "box_delta"} | ({"box_center"} if model.family == "fcos" else
+                                       {"box_filter"} if c.max_filter else set())
 
 
 def flat(tree) -> list[torch.Tensor]:

@@ -1,4 +1,4 @@
-"""The ``codetr`` command line: demo, train, eval, predict, convert, data synth, models."""
+"""The ``codetr`` command line: demo, train, eval, predict, convert, data (synth, check, show, import), models."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,10 @@ EPILOG = """examples:
   codetr demo                                   # synthetic data -> train tiny model -> AP -> drawings
   codetr data synth data/shapes --train 1000 --val 200
   codetr train deformable_detr_tiny --data data/shapes --out runs/tiny --set train.epochs=12
+  codetr train --config runs/tiny/config.json --set train.lr=1e-4   # a saved run's settings, one changed
   codetr eval runs/tiny/last.ckpt --data data/shapes
+  codetr data check data/shapes                 # counts, box sizes, problems
+  codetr data import yolo datasets/coco8/images/train coco8_train.json
   codetr predict runs/tiny/last.ckpt data/shapes/val --out preds/
   codetr convert deformable_detr r50_deformable_detr-checkpoint.pth ddetr.ckpt
   codetr convert yolact yolact_base_54_800000.pth yolact.ckpt --config yolact_cfg.json
@@ -17,6 +20,9 @@ EPILOG = """examples:
 """
 
 
+CONFIG_HELP = ("run config file, JSON or YAML (YAML needs PyYAML): any --set key as nested keys, e.g. "
+               "{\"train\": {\"epochs\": 24}}; a run folder's config.json repeats that run's settings. "
+               "--data, --out and --set override it")
 PROCS_HELP = ("CPU training in this many single-threaded DDP processes (gloo); train.batch_size is per process "
               "(default: the recipe's train.procs, at most one per core). For GPUs use torchrun")
 
@@ -34,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--val", type=int, default=200)
     s.add_argument("--size", type=int, default=128)
     s.add_argument("--seed", type=int, default=0)
+    _add_data_tools(ds)
     sub.add_parser("models", help="list the zoo's model names")
     return p
 
@@ -49,8 +56,11 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--procs", type=int, default=None, help=PROCS_HELP)
 
     t = sub.add_parser("train", help="train a zoo model on a COCO-format dataset")
-    t.add_argument("model", help="zoo model name (see `codetr models`)")
-    t.add_argument("--data", required=True, help="COCO-style root: annotations/instances_{train,val}.json, train/, val/")
+    t.add_argument("model", nargs="?", default=None, help="zoo model name (see `codetr models`; default: the "
+                                                        "--config file's 'model')")
+    t.add_argument("--data", default=None, help="COCO-style root: annotations/instances_{train,val}.json, train/, "
+                                                "val/ (default: the --config file's data settings)")
+    t.add_argument("--config", default=None, metavar="FILE", help=CONFIG_HELP)
     t.add_argument("--out", default=None, help="run folder (default runs/<model>, or runs/<model>-N when that "
                                                "holds a run; with --resume the latest of them); a folder "
                                                "that holds a run is refused unless --resume")
@@ -66,9 +76,16 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
 
     e = sub.add_parser("eval", help="COCO AP of a checkpoint on a dataset's val split")
     e.add_argument("checkpoint")
-    e.add_argument("--data", required=True, help="COCO-style root: annotations/instances_val.json and val/")
+    e.add_argument("--data", default=None, help="COCO-style root: annotations/instances_val.json and val/")
+    e.add_argument("--config", default=None, metavar="FILE", help="a run config file (JSON / YAML, e.g. a run's "
+                   "config.json) whose data.* settings name the val split; other settings are unused")
+    e.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="data overrides, e.g. "
+                   "data.val_ann=ann.json data.val_images=imgs/ (after --config)")
     e.add_argument("--batch-size", type=int, default=4)
     e.add_argument("--results", default=None, help="also write the COCO results json here")
+    e.add_argument("--plot", default=None, metavar="PNG", help="precision-recall plot at IoU 0.5, per class and "
+                   "all (default: pr_curve.png beside the checkpoint; needs matplotlib)")
+    e.add_argument("--force", action="store_true", help="overwrite existing --results / --plot files")
 
     pr = sub.add_parser("predict", help="detect objects in images; write predictions.json and drawn images")
     pr.add_argument("checkpoint")
@@ -80,8 +97,38 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("family", help=", ".join(cli_names()))
     c.add_argument("input", help="official checkpoint (.pth)")
     c.add_argument("output", help="codetr checkpoint to write")
-    c.add_argument("--config", default=None, help="JSON of official config values, if the file carries none")
+    c.add_argument("--config", default=None, help="official config: JSON of official values, or an mmcv .py file "
+                   "(Co-DETR, mmdet), if the checkpoint carries none")
     c.add_argument("--ema", action="store_true", help="DINO: convert the EMA weights ('ema_model')")
+
+
+def _add_data_tools(ds: argparse._SubParsersAction) -> None:
+    ck = ds.add_parser("check", help="counts per split and class, box sizes, and the problems of a COCO-format "
+                                     "dataset (exit code 1 when there are problems)")
+    ck.add_argument("source", metavar="DIR_OR_JSON", help="dataset root (annotations/instances_<split>.json, "
+                                                          "<split>/) or one annotation json")
+    ck.add_argument("--images", default=None, help="image folder of a json (default: <root>/<split>, else the "
+                                                   "json's folder)")
+    ck.add_argument("--no-decode", action="store_true", help="do not read the images (faster; no check of "
+                                                             "missing, corrupt or resized images)")
+
+    sh = ds.add_parser("show", help="draw the ground truth of a COCO-format dataset on its images")
+    sh.add_argument("source", metavar="DIR_OR_JSON", help="dataset root or one annotation json")
+    sh.add_argument("--out", required=True, help="folder for the drawn images (<out>/<split>/...)")
+    sh.add_argument("--num", type=int, default=16, help="images per split (default %(default)s)")
+    sh.add_argument("--images", default=None, help="image folder of a json")
+    sh.add_argument("--force", action="store_true", help="draw into an --out folder that is not empty")
+
+    im = ds.add_parser("import", help="YOLO-txt or Pascal VOC dataset -> a COCO-format json")
+    im.add_argument("format", choices=["yolo", "voc"])
+    im.add_argument("src", help="yolo: a folder of images/ and labels/ (or an images/<split> folder); "
+                                "voc: a folder with Annotations/ and JPEGImages/")
+    im.add_argument("out", help="COCO json to write")
+    im.add_argument("--classes", default=None, help="class names: a YOLO data.yaml or a text file, one name a "
+                                                    "line (default yolo: data.yaml or classes.txt in SRC or "
+                                                    "its two parents; voc: the names found, sorted)")
+    im.add_argument("--split", default=None, help="voc: only the ids of ImageSets/Main/<split>.txt")
+    im.add_argument("--force", action="store_true", help="overwrite an existing OUT")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,6 @@
 """What each ``codetr`` subcommand does (argument parsing lives in cli.py)."""
 from __future__ import annotations
 
-import json
 import logging
 import time
 from argparse import Namespace
@@ -24,23 +23,53 @@ USER_ERRORS = (OSError, ValueError, FloatingPointError, CheckpointError, RunFold
 
 
 def _print_metrics(metrics: dict) -> None:
-    keys = [k for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "mask_AP", "mask_AP50", "mask_AP75")
-            if k in metrics]
-    print("  ".join(f"{k} {metrics[k]:.3f}" for k in keys))
+    """AP, AR and the per-class table, of the boxes and (for mask models) of the masks."""
+    from .engine.evaluate import format_metrics
+
+    print(format_metrics(metrics))
+    if "mask_AP" in metrics:
+        print(format_metrics(metrics, prefix="mask_"))
+
+
+def refuse_existing(paths: list[str | Path], force: bool) -> None:
+    """Raise FileExistsError naming the first of ``paths`` that holds something (a file, or a
+    folder that is not empty), unless ``force``: nothing a user wrote is overwritten unasked."""
+    for path in map(Path, paths):
+        if force:
+            return
+        if path.is_dir() and any(path.iterdir()):
+            raise FileExistsError(f"folder {str(path)!r} is not empty; pass --force to write into it")
+        if path.is_file():
+            raise FileExistsError(f"file {str(path)!r} exists; pass --force to overwrite it")
+
+
+def _require_data(data, split: str) -> None:
+    """A one-line error when neither --data nor a config names the ``split`` data."""
+    from .config import ConfigError
+
+    if data.path is None and None in (getattr(data, f"{split}_ann"), getattr(data, f"{split}_images")):
+        raise ConfigError(f"no dataset: give --data DIR, or data.path (or data.{split}_ann and "
+                          f"data.{split}_images) in the --config file or --set")
 
 
 def train(args: Namespace) -> int:
-    from .config import apply_overrides
+    from .config import ConfigError, apply_overrides, apply_settings, read_config_file
     from .engine.run_folder import latest_run, next_free
     from .recipes import recipe
 
-    cfg = apply_overrides(recipe(args.model), args.set)
+    settings = read_config_file(args.config) if args.config else {}
+    model = args.model or settings.get("model")
+    if not model:
+        raise ConfigError("name the model to train: codetr train MODEL, or a --config file with a 'model' key")
+    # the recipe, then the file's settings (as --set would set them), then --set: later wins
+    cfg = apply_overrides(apply_settings(recipe(model), {**settings, "model": model}, args.config or ""), args.set)
     out = args.out or cfg.out_dir
     if args.out is None and not du_launched():  # default folders: a new run never reuses one
         out = latest_run(out) if args.resume else next_free(out)
         if str(out) != cfg.out_dir:
             log.info("%s run folder: %s", "resuming the latest" if args.resume else "a new", out)
-    cfg = replace(cfg, data=replace(cfg.data, path=args.data), out_dir=str(out))
+    cfg = replace(cfg, data=replace(cfg.data, path=args.data) if args.data else cfg.data, out_dir=str(out))
+    _require_data(cfg.data, "train")
     train_in_processes(cfg, args.procs, resume=args.resume)
     return 0
 
@@ -96,13 +125,18 @@ def check_run(cfg, resume: str | None) -> None:
 
 def eval(args: Namespace) -> int:  # noqa: A001 (the subcommand's name)
     from .api import load
-    from .config import DataConfig
+    from .config import RunConfig, apply_overrides, load_config
     from .data.build import val_dataset
     from .data.loader import build_loader
     from .engine.evaluate import evaluate
 
+    cfg = load_config(args.config, args.set) if args.config else apply_overrides(RunConfig(), args.set)
+    data = replace(cfg.data, path=args.data) if args.data else cfg.data
+    _require_data(data, "val")
+    plot = Path(args.plot) if args.plot else Path(args.checkpoint).parent / "pr_curve.png"
+    refuse_existing([p for p in (args.results, plot) if p], args.force)
     model = load(args.checkpoint)
-    dataset = val_dataset(DataConfig(path=args.data), model.input_spec)
+    dataset = val_dataset(data, model.input_spec)
     # matched by category id; a dataset with a subset of the model's categories is fine for
     # COCO AP (COCOeval scores the ground truth's categories and ignores other detections)
     mismatch = model.classes.mismatch(dataset.classes, subset_ok=True)
@@ -111,7 +145,7 @@ def eval(args: Namespace) -> int:  # noqa: A001 (the subcommand's name)
                          f"different categories: {mismatch}")
     loader = build_loader(dataset, args.batch_size, shuffle=False, num_workers=0,
                           size_divisibility=model.input_spec.size_divisibility)
-    metrics = evaluate(model, loader, dataset.coco, model.classes, results_path=args.results)
+    metrics = evaluate(model, loader, dataset.coco, model.classes, results_path=args.results, plot_path=plot)
     _print_metrics(metrics)
     return 0
 
@@ -132,7 +166,7 @@ def convert(args: Namespace) -> int:
     from .registry import get_family
 
     family = get_family(args.family).name
-    config = json.loads(Path(args.config).read_text()) if args.config else None
+    config = Path(args.config) if args.config else None  # JSON or mmcv .py, read by load_official
     model = load_official(family, args.input, config, ema=getattr(args, "ema", False))
     save(model, args.output, model_name=f"{family}_official")
     print(f"wrote {args.output} ({model.family}, {model.num_classes} classes)")
@@ -140,10 +174,69 @@ def convert(args: Namespace) -> int:
 
 
 def data(args: Namespace) -> int:
+    commands = {"synth": _data_synth, "check": _data_check, "show": _data_show, "import": _data_import}
+    return commands[args.data_command](args)
+
+
+def _data_synth(args: Namespace) -> int:
     from .data.synth import write_synthetic_coco
 
     paths = write_synthetic_coco(args.out, args.train, args.val, args.size, args.seed)
     print(f"wrote {args.train} train and {args.val} val images to {paths['root']}")
+    return 0
+
+
+def _data_check(args: Namespace) -> int:
+    """Print each split's report; exit code 1 when a split has problems (notes do not count)."""
+    from .data.tools import check_split, find_splits, format_report
+
+    problems = 0
+    for split, ann_file, image_dir in find_splits(args.source, args.images):
+        log.info("checking %s (images in %s)", ann_file, image_dir)
+        report = check_split(split, ann_file, image_dir, decode_images=not args.no_decode)
+        print(format_report(report))
+        problems += report.findings.problems
+    print(f"{problems} problems found" if problems else "no problems found")
+    return 1 if problems else 0
+
+
+def _data_show(args: Namespace) -> int:
+    from .data.tools import find_splits, ground_truth
+    from .engine.predict import draw
+
+    if args.num < 1:
+        raise ValueError(f"--num must be >= 1, got {args.num}")
+    out = Path(args.out)
+    refuse_existing([out], args.force)
+    drawn = 0
+    for split, ann_file, image_dir in find_splits(args.source, args.images):
+        for file_name, pixels, det, classes in ground_truth(ann_file, image_dir, args.num):
+            parts = [p for p in Path(file_name).with_suffix(".png").parts if p not in ("..", ".", "/")]
+            path = out.joinpath(split, *parts)   # file_name's folders kept, never outside ``out``
+            path.parent.mkdir(parents=True, exist_ok=True)
+            draw(pixels, det, classes, scores=False).save(path)
+            drawn += 1
+    print(f"drew the ground truth of {drawn} images in {out}")
+    return 0
+
+
+def _data_import(args: Namespace) -> int:
+    import json
+
+    from .data.importers import import_voc, import_yolo
+    from .engine.checkpoint import atomic_open
+
+    if args.format == "yolo" and args.split:
+        raise ValueError("--split is for voc (ImageSets/Main/<split>.txt); for yolo, name the split's image folder")
+    refuse_existing([args.out], args.force)
+    coco, image_dir = (import_yolo(args.src, args.classes) if args.format == "yolo"
+                       else import_voc(args.src, args.classes, args.split))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(args.out, "w") as f:
+        json.dump(coco, f)
+    print(f"wrote {args.out}: {len(coco['images'])} images, {len(coco['annotations'])} annotations, "
+          f"{len(coco['categories'])} classes; use it with --set data.train_ann={args.out} "
+          f"data.train_images={image_dir} (or val_ann / val_images)")
     return 0
 
 

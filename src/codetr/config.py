@@ -159,13 +159,19 @@ class RunConfig:
     def from_dict(cls, d: dict) -> "RunConfig":
         """A RunConfig from its dict. Preprocessing keys that DataConfig no longer has (saved
         with older runs) are dropped with a warning: the model's ``InputSpec`` holds them."""
-        data = d.get("data") if isinstance(d, dict) else None
-        if isinstance(data, dict) and REMOVED_DATA_KEYS & set(data):
-            removed = sorted(REMOVED_DATA_KEYS & set(data))
-            warnings.warn(f"ignoring data.{', data.'.join(removed)} of an older run config: preprocessing is the "
-                          "model's InputSpec now (model_args.input_spec.*)", stacklevel=2)
-            d = {**d, "data": {k: v for k, v in data.items() if k not in REMOVED_DATA_KEYS}}
-        return from_dict(cls, d)
+        return from_dict(cls, without_removed_keys(d))
+
+
+def without_removed_keys(d: Any) -> Any:
+    """Run config dict ``d`` without the preprocessing keys DataConfig no longer has (saved with
+    older runs), warning about each: the model's ``InputSpec`` holds them."""
+    data = d.get("data") if isinstance(d, dict) else None
+    if isinstance(data, dict) and REMOVED_DATA_KEYS & set(data):
+        removed = sorted(REMOVED_DATA_KEYS & set(data))
+        warnings.warn(f"ignoring data.{', data.'.join(removed)} of an older run config: preprocessing is the "
+                      "model's InputSpec now (model_args.input_spec.*)", stacklevel=3)
+        d = {**d, "data": {k: v for k, v in data.items() if k not in REMOVED_DATA_KEYS}}
+    return d
 
 
 def to_dict(cfg: Any) -> dict:
@@ -210,9 +216,69 @@ def _typed(cls: type, d: dict, current: Callable[[Field], Any], prefix: str) -> 
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
-    """A RunConfig from a JSON file, then ``overrides``."""
-    with open(path) as f:
-        return apply_overrides(RunConfig.from_dict(json.load(f)), list(overrides))
+    """A RunConfig from a config file (``read_config_file``) over the defaults, then ``overrides``."""
+    return apply_overrides(apply_settings(RunConfig(), read_config_file(path), source=path), list(overrides))
+
+
+def read_config_file(path: str | Path) -> dict:
+    """The settings of a JSON or YAML (``.yaml`` / ``.yml``, read with PyYAML when installed)
+    config file: a nested dict of run config keys, e.g. a run folder's ``config.json``. Errors
+    are one line naming the file (and the line, for a malformed file)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise FileNotFoundError(f"cannot read config file {str(path)!r}: {e.strerror or e}") from None
+    if path.suffix.lower() in (".yaml", ".yml"):
+        settings = parse_yaml(text, path, instead="give the config as JSON")
+    else:
+        try:
+            settings = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: malformed JSON: {e.msg} at line {e.lineno} column {e.colno} (YAML "
+                              "config files end in .yaml or .yml)") from None
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top, got {type(settings).__name__}")
+    return without_removed_keys(settings)
+
+
+def parse_yaml(text: str, path: str | Path, instead: str) -> Any:
+    """The YAML ``text`` of file ``path``, read with PyYAML (optional); a one-line ConfigError
+    for a malformed file, or without PyYAML, saying what to do ``instead``."""
+    try:
+        import yaml
+    except ImportError:
+        raise ConfigError(f"{path}: YAML files need PyYAML (pip install pyyaml); without it, {instead}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: malformed YAML: {getattr(e, 'problem', None) or e}{where}") from None
+
+
+def apply_settings(cfg: Any, settings: dict, source: str | Path = "") -> Any:
+    """``cfg`` with a nested dict of settings applied as ``apply_overrides`` applies
+    ``key=value``: each leaf (a value that is not a non-empty dict) sets its dotted key, so a
+    file can say everything ``--set`` can and a dict field such as ``model_args`` is updated,
+    not replaced. ``source``: the file named in errors."""
+    try:
+        for keys, value in _leaves(settings, []):
+            cfg = _set(cfg, keys, value, "")
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}" if source else str(e)) from None
+    return cfg
+
+
+def _leaves(settings: dict, keys: list[str]) -> list[tuple[list[str], Any]]:
+    """(key path, value) of every leaf of a nested dict; an empty dict is a leaf."""
+    out = []
+    for key, value in settings.items():
+        if isinstance(value, dict) and value:
+            out += _leaves(value, keys + [str(key)])
+        else:
+            out.append((keys + [str(key)], value))
+    return out
 
 
 def apply_overrides(cfg: Any, overrides: list[str]) -> Any:

@@ -31,6 +31,7 @@ from torch import Tensor
 ImageLike = str | Path | Image.Image | np.ndarray | Tensor
 
 ALPHA_BACKGROUND = (255, 255, 255)   # RGB under transparent pixels
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})   # files taken as images
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 

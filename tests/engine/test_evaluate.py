@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from codetr.engine.evaluate import evaluate, to_coco_results, write_results_json
+from codetr.engine.evaluate import SUMMARY_NAMES, evaluate, to_coco_results, write_results_json
 from codetr.structures import Detections
 
 from .fakes import OracleDetector, ToyDataset, build_loader, classes, toy_coco
@@ -17,7 +17,7 @@ def test_perfect_detections_score_one(tmp_path):
     results_path = tmp_path / "results.json"
     metrics = evaluate(OracleDetector(classes()), loader(), toy_coco(5), classes(), results_path=results_path)
     assert metrics["AP"] == pytest.approx(1.0) and metrics["AP50"] == pytest.approx(1.0)
-    assert set(metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert set(metrics) == {*SUMMARY_NAMES, "per_class"}
     results = json.loads(results_path.read_text())
     assert len(results) == 10 and {r["category_id"] for r in results} == {3, 7}
     assert {r["image_id"] for r in results} == {1, 2, 3, 4, 5}
@@ -30,7 +30,8 @@ def test_perfect_masks_score_one():
 
 def test_no_detections_score_zero():
     metrics = evaluate(OracleDetector(classes(), empty=True), loader(), toy_coco(5), classes())
-    assert metrics == {k: 0.0 for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")}
+    assert {k: metrics[k] for k in SUMMARY_NAMES} == {k: 0.0 for k in SUMMARY_NAMES}
+    assert [(r["category_id"], r["AP"], r["num_gt"]) for r in metrics["per_class"]] == [(3, 0.0, 5), (7, 0.0, 5)]
 
 
 def test_only_evaluated_images_count():

@@ -26,7 +26,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import numpy as np
 import torch
@@ -74,8 +74,8 @@ class CocoDetection(Dataset):
         self.image_dir = Path(image_dir)
         self.transforms = transforms
         self.with_masks = with_masks
-        data = _read_json(self.ann_file)
-        _check_fields(data, self.ann_file, with_masks)
+        data = read_json(self.ann_file)
+        check_fields(data, self.ann_file, with_masks)
 
         cats = sorted(data["categories"], key=lambda c: c["id"])
         ids = [c["id"] for c in cats]
@@ -104,7 +104,7 @@ class CocoDetection(Dataset):
             ann.setdefault("iscrowd", 0)
             ann.setdefault("area", float(ann["bbox"][2]) * float(ann["bbox"][3]))
             per_image[ann["image_id"]].append(ann)
-        dup = _repeated([ann["id"] for ann in data["annotations"]])
+        dup = repeated([ann["id"] for ann in data["annotations"]])
         if dup:  # pycocotools would keep one annotation per id: a wrong AP
             raise ValueError(f"{self.ann_file}: duplicate annotation ids {dup[:10]}"
                              + (f" ... ({len(dup)} in all)" if len(dup) > 10 else ""))
@@ -116,7 +116,7 @@ class CocoDetection(Dataset):
         """Refuses non-integer and repeated image ids (pycocotools needs unique int ids)."""
         by_id: dict[int, dict] = {}
         for img in images:
-            if not _is_int(img["id"]):
+            if not is_int(img["id"]):
                 raise ValueError(f"{self.ann_file}: image id {img['id']!r} (file_name {img['file_name']!r}) "
                                  "is not an integer")
             if img["id"] in by_id:
@@ -125,22 +125,10 @@ class CocoDetection(Dataset):
         return by_id
 
     def _check_annotation(self, ann: dict, images: dict[int, dict]) -> None:
-        """One line naming the file, the annotation id and the bad value: a non-integer id, an
-        unknown category or image, a bbox that is not 4 finite numbers."""
-        where = f"{self.ann_file}: annotation id {ann['id']!r}"
-        if not _is_int(ann["id"]):
-            raise ValueError(f"{where} (image_id {ann['image_id']!r}) is not an integer")
-        if isinstance(ann["category_id"], (list, dict)) or ann["category_id"] not in self.label_of:
-            raise ValueError(f"{where} has category_id {ann['category_id']!r}, which is not in 'categories' "
-                             f"(known ids: {self.classes.category_ids})")
-        if isinstance(ann["image_id"], (list, dict)) or ann["image_id"] not in images:
-            raise ValueError(f"{where} has image_id {ann['image_id']!r}, which is not in 'images'")
-        bbox = ann["bbox"]
-        if (not isinstance(bbox, (list, tuple)) or len(bbox) != 4
-                or not all(isinstance(v, (int, float)) for v in bbox)):
-            raise ValueError(f"{where} has bbox {bbox!r}; expected 4 numbers [x, y, w, h]")
-        if not np.isfinite(np.asarray(bbox, dtype=np.float64)).all():
-            raise ValueError(f"{where} has bbox {bbox!r} with a NaN or infinite coordinate (corrupt data)")
+        """One line naming the file, the annotation id and the bad value (``annotation_problem``)."""
+        problem = annotation_problem(ann, self.label_of, images)
+        if problem is not None:
+            raise ValueError(f"{self.ann_file}: annotation id {ann['id']!r} {problem[1]}")
 
     def _record(self, info: dict, anns: list[dict]) -> _ImageRecord:
         """Boxes xywh -> xyxy clamped to the image; those with w or h <= 0 after clamping are skipped."""
@@ -189,29 +177,54 @@ class CocoDetection(Dataset):
         return self._load_image(self._records[self.ids[index]].info)
 
     def _load_image(self, info: dict) -> Image.Image:
-        """The image as a viewer shows it (``codetr.images.load_image``: EXIF orientation
-        applied, 16-bit scaled, alpha over white), its upright size checked against the json."""
-        path = self.image_dir / str(info["file_name"])
-        where = f"image id {info['id']!r} in {self.ann_file}"
-        try:
-            image = load_image(path)
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"image file {str(path)!r} not found ({where})") from e
-        except ImageReadError as e:
-            raise ValueError(f"{e} ({where})") from e
-        (w, h), (jw, jh) = image.size, (info["width"], info["height"])
-        if (w, h) != (jw, jh):
-            hint = "; w and h swapped: json sizes must be those after EXIF orientation" if (h, w) == (jw, jh) else ""
-            raise ValueError(f"image {str(path)!r} is {w}x{h} (w x h, upright) but {jw}x{jh} in {self.ann_file} "
-                             f"(image id {info['id']!r}){hint}")
-        return image
+        return load_annotated_image(self.image_dir, info, self.ann_file)
 
 
-def _is_int(value: Any) -> bool:
+def load_annotated_image(image_dir: Path, info: dict, ann_file: Path) -> Image.Image:
+    """The image of json entry ``info`` as a viewer shows it (``codetr.images.load_image``: EXIF
+    orientation applied, 16-bit scaled, alpha over white), its upright size checked against the
+    json. FileNotFoundError when missing, ValueError when corrupt or of another size."""
+    path = Path(image_dir) / str(info["file_name"])
+    where = f"image id {info['id']!r} in {ann_file}"
+    try:
+        image = load_image(path)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"image file {str(path)!r} not found ({where})") from e
+    except ImageReadError as e:
+        raise ValueError(f"{e} ({where})") from e
+    (w, h), (jw, jh) = image.size, (info["width"], info["height"])
+    if (w, h) != (jw, jh):
+        hint = "; w and h swapped: json sizes must be those after EXIF orientation" if (h, w) == (jw, jh) else ""
+        raise ValueError(f"image {str(path)!r} is {w}x{h} (w x h, upright) but {jw}x{jh} in {ann_file} "
+                         f"(image id {info['id']!r}){hint}")
+    return image
+
+
+def annotation_problem(ann: dict, category_ids: Collection[int], images: dict[int, dict]) -> tuple[str, str] | None:
+    """The first problem of annotation ``ann`` as (kind, detail), or None: a non-integer id,
+    a category or image not in the json, a bbox that is not 4 finite numbers. ``category_ids``
+    and ``images`` (by id) are the json's; a dict or set makes the look-up O(1)."""
+    if not is_int(ann["id"]):
+        return "non-integer annotation id", f"(image_id {ann['image_id']!r}) is not an integer"
+    if isinstance(ann["category_id"], (list, dict)) or ann["category_id"] not in category_ids:
+        return "unknown category id", (f"has category_id {ann['category_id']!r}, which is not in 'categories' "
+                                       f"(known ids: {sorted(category_ids)})")
+    if isinstance(ann["image_id"], (list, dict)) or ann["image_id"] not in images:
+        return "unknown image id", f"has image_id {ann['image_id']!r}, which is not in 'images'"
+    bbox = ann["bbox"]
+    if (not isinstance(bbox, (list, tuple)) or len(bbox) != 4
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)):
+        return "malformed bbox", f"has bbox {bbox!r}; expected 4 numbers [x, y, w, h]"
+    if not np.isfinite(np.asarray(bbox, dtype=np.float64)).all():
+        return "non-finite bbox", f"has bbox {bbox!r} with a NaN or infinite coordinate (corrupt data)"
+    return None
+
+
+def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _repeated(values: list[int]) -> list[int]:
+def repeated(values: list[int]) -> list[int]:
     """The values that occur more than once, sorted."""
     counts: dict[int, int] = {}
     for v in values:
@@ -219,7 +232,7 @@ def _repeated(values: list[int]) -> list[int]:
     return sorted(v for v, n in counts.items() if n > 1)
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
@@ -234,7 +247,7 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _check_fields(data: dict, path: Path, with_masks: bool) -> None:
+def check_fields(data: dict, path: Path, with_masks: bool) -> None:
     """Raise naming the file, the entry and the missing field."""
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):

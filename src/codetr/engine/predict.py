@@ -16,7 +16,7 @@ from PIL import Image
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from ..detector import Detector
-from ..images import ImageReadError, load_rgb
+from ..images import IMAGE_SUFFIXES, ImageReadError, load_rgb
 from ..structures import ClassInfo, Detections
 from .checkpoint import atomic_open
 from .evaluate import encode_masks
@@ -24,7 +24,6 @@ from .evaluate import encode_masks
 logger = logging.getLogger(__name__)
 
 SKIPPED_FILE = "skipped.txt"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 def find_images(inputs: Sequence[str | Path]) -> list[Path]:
@@ -42,12 +41,14 @@ def find_images(inputs: Sequence[str | Path]) -> list[Path]:
     return found
 
 
-def draw(image: torch.Tensor, det: Detections, classes: ClassInfo) -> Image.Image:
-    """uint8 [3, H, W] image with boxes, '<name> <score>' labels and masks drawn."""
+def draw(image: torch.Tensor, det: Detections, classes: ClassInfo, scores: bool = True) -> Image.Image:
+    """uint8 [3, H, W] image with boxes, '<name> <score>' labels ('<name>' without ``scores``:
+    ground truth) and masks drawn."""
     if det.masks is not None and len(det):
         image = draw_segmentation_masks(image, det.masks.bool(), alpha=0.4)
     if len(det):
-        labels = [f"{classes.names[int(l)]} {s:.2f}" for l, s in zip(det.labels, det.scores.tolist())]
+        labels = [f"{classes.names[int(l)]} {s:.2f}" if scores else classes.names[int(l)]
+                  for l, s in zip(det.labels, det.scores.tolist())]
         image = draw_bounding_boxes(image, det.boxes, labels=labels, width=2, colors="red")
     return Image.fromarray(image.permute(1, 2, 0).numpy())
 

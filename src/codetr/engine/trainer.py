@@ -347,7 +347,7 @@ class EvalHook(HookBase):
         t.last_metrics, t.pending_eval_epoch = metrics, None
         t.log({"type": "eval", "step": t.global_step, "epoch": epoch, "eval_s": time.perf_counter() - start,
                "timestamp": time.time(), **metrics})
-        if metrics["AP"] > t.best.get("AP", -math.inf):
+        if metrics["AP"] is not None and metrics["AP"] > t.best.get("AP", -math.inf):  # None: no val gt
             t.best = {"AP": metrics["AP"], "epoch": epoch, "step": t.global_step}
             t.save(BEST)
         return metrics
