@@ -1,4 +1,4 @@
-"""Anchors (mmdet AnchorGenerator) and the delta-xywh coder: brute force and hand-computed
+"""Anchors (mmdet AnchorGenerator) and the box coders: brute force and hand-computed
 values. (Bit-exact parity of anchors with the official code: tests/rcnn/test_golden_rpn.py,
 whose sampled ``pos_bboxes`` / ``neg_bboxes`` are anchors.)"""
 from __future__ import annotations
@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from codetr.anchors import AnchorGenerator
-from codetr.coders import delta_xywh_decode, delta_xywh_encode
+from codetr.boxes import cxcywh_to_xyxy, xyxy_to_cxcywh
+from codetr.coders import delta_xywh_decode, delta_xywh_encode, ssd_decode, ssd_encode
 
 
 def brute_anchors(stride, ratios, scales, h, w, offset=0.0):
@@ -111,3 +112,17 @@ def test_decode_clamps_size_and_clips_border():
     assert delta_xywh_decode(torch.zeros(0, 4), torch.zeros(0, 8)).shape == (0, 8)
     with pytest.raises(ValueError):
         delta_xywh_encode(torch.zeros(2, 4), torch.zeros(3, 4))
+
+
+def test_ssd_coder():
+    g = torch.Generator().manual_seed(0)
+    priors = torch.cat([torch.rand(30, 2, generator=g), torch.rand(30, 2, generator=g) * 0.5 + 0.05], 1)
+    torch.testing.assert_close(ssd_encode(cxcywh_to_xyxy(priors), priors), torch.zeros(30, 4), atol=1e-5, rtol=0)
+    offsets = torch.randn(30, 4, generator=g)
+    boxes = ssd_decode(offsets, priors)
+    # the rule: centre moves by v0 * offset prior sizes, sizes scale by exp(v1 * offset)
+    torch.testing.assert_close(xyxy_to_cxcywh(boxes), torch.cat(
+        [priors[:, :2] + 0.1 * offsets[:, :2] * priors[:, 2:], priors[:, 2:] * torch.exp(0.2 * offsets[:, 2:])], 1))
+    torch.testing.assert_close(ssd_encode(boxes, priors), offsets, atol=1e-4, rtol=1e-4)
+    # any leading shape, priors broadcast
+    assert ssd_decode(offsets.view(3, 10, 4), priors[:10]).shape == (3, 10, 4)

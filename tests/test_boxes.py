@@ -4,6 +4,7 @@ import itertools
 import torch
 
 from codetr import boxes as B
+from codetr.coders import ltrb_decode
 
 
 def random_boxes(n, seed):
@@ -97,20 +98,6 @@ def test_one_formula_equals_torchvision_and_batches():
         torch.testing.assert_close(batched[1], pairwise(a.flip(0), b + 3), rtol=0, atol=0)
 
 
-def test_ssd_coder():
-    g = torch.Generator().manual_seed(0)
-    priors = torch.cat([torch.rand(30, 2, generator=g), torch.rand(30, 2, generator=g) * 0.5 + 0.05], 1)
-    torch.testing.assert_close(B.ssd_encode(B.cxcywh_to_xyxy(priors), priors), torch.zeros(30, 4), atol=1e-5, rtol=0)
-    offsets = torch.randn(30, 4, generator=g)
-    boxes = B.ssd_decode(offsets, priors)
-    # the rule: centre moves by v0 * offset prior sizes, sizes scale by exp(v1 * offset)
-    torch.testing.assert_close(B.xyxy_to_cxcywh(boxes), torch.cat(
-        [priors[:, :2] + 0.1 * offsets[:, :2] * priors[:, 2:], priors[:, 2:] * torch.exp(0.2 * offsets[:, 2:])], 1))
-    torch.testing.assert_close(B.ssd_encode(boxes, priors), offsets, atol=1e-4, rtol=1e-4)
-    # any leading shape, priors broadcast
-    assert B.ssd_decode(offsets.view(3, 10, 4), priors[:10]).shape == (3, 10, 4)
-
-
 def test_clamped_giou_is_the_dense_ltrb_loss():
     """cvpods' IoU loss on ltrb distances is 1 - GIoU with clamped denominators of the boxes
     around the point (0, 0), bit for bit (boxes with positive sides)."""
@@ -119,6 +106,6 @@ def test_clamped_giou_is_the_dense_ltrb_loss():
     pred, target = torch.rand(50, 4, generator=g) * 9 + 0.1, torch.rand(50, 4, generator=g) * 9 + 0.1
     origin = torch.zeros(50, 2)
     eps = torch.finfo(torch.float32).eps
-    giou = B.elementwise_generalized_box_iou(B.ltrb_decode(origin, pred), B.ltrb_decode(origin, target), eps,
+    giou = B.elementwise_generalized_box_iou(ltrb_decode(origin, pred), ltrb_decode(origin, target), eps,
                                              clamp=True)
     assert torch.equal(1 - giou, ltrb_giou_loss(pred, target))

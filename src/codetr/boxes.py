@@ -1,5 +1,5 @@
-"""Boxes: format conversions, overlaps (IoU, GIoU, coverage) and the box coders. The one home
-of each; detectors and assigners import them from here.
+"""Boxes: format conversions and overlaps (IoU, GIoU, coverage). The one home of each;
+detectors and assigners import them from here.
 
 Formats, all [..., 4]: ``xyxy`` corners, ``cxcywh`` centre and size, ``xywh`` (COCO) corner
 and size.
@@ -13,13 +13,10 @@ float32); the rest share one formula, ``_overlap_terms``.
 Denominator conventions (``eps``), as the detectors we reproduce use them:
 
 * added, ``d + eps`` (``clamp=False``): DETR / Deformable DETR (``eps = 0``), DINO (1e-6);
-* clamped, ``max(d, eps)`` (``clamp=True``): mmdet's ``bbox_overlaps`` and cvpods' IoU loss.
+* clamped, ``max(d, eps)`` (``clamp=True``): mmdet's ``bbox_overlaps`` (``mmdet_iou``,
+  ``mmdet_iof``) and ``GIoULoss`` (``MMDET_EPS``), cvpods' IoU loss.
 
-Coders map boxes to regression targets and back:
-
-* ``ssd_encode`` / ``ssd_decode``: offsets from a prior (SSD, Liu et al. 2016, Eq. 2;
-  YOLACT): centre offset in prior sizes / v0, log size ratio / v1;
-* ``ltrb_encode`` / ``ltrb_decode``: distances from a point to the four sides (FCOS, DeFCN).
+The box coders (boxes to regression targets and back) are ``codetr.coders``.
 """
 from __future__ import annotations
 
@@ -27,7 +24,7 @@ import torch
 from torch import Tensor
 from torchvision import ops
 
-SSD_VARIANCES = (0.1, 0.2)
+MMDET_EPS = 1e-6  # mmdet's clamp on IoU / GIoU denominators (bbox_overlaps, GIoULoss)
 
 
 # -- formats ------------------------------------------------------------------------------
@@ -123,42 +120,22 @@ def elementwise_box_iou(a: Tensor, b: Tensor, eps: float = 0.0, clamp: bool = Fa
     return _divide(inter, union, eps, clamp)
 
 
+def mmdet_iou(a: Tensor, b: Tensor) -> Tensor:
+    """Pairwise IoU [N, 4] x [M, 4] xyxy -> [N, M], union clamped to ``MMDET_EPS`` (mmdet's
+    ``bbox_overlaps``; extra columns, e.g. scores, ignored)."""
+    return elementwise_box_iou(a[:, None, :4], b[None, :, :4], eps=MMDET_EPS, clamp=True)
+
+
+def mmdet_iof(a: Tensor, b: Tensor) -> Tensor:
+    """Pairwise |A n B| / |A|, [N, 4] x [M, 4] -> [N, M], |A| clamped to ``MMDET_EPS`` (mmdet's
+    ``bbox_overlaps(mode='iof')``)."""
+    return box_intersection(a[:, :4], b[:, :4]) / box_area(a[:, :4]).clamp(min=MMDET_EPS)[:, None]
+
+
 def elementwise_generalized_box_iou(a: Tensor, b: Tensor, eps: float = 0.0, clamp: bool = False) -> Tensor:
     """GIoU of matched rows: [..., 4] x [..., 4] xyxy (broadcast) -> [...]; ``eps`` / ``clamp``
     as ``generalized_box_iou``."""
     return _giou(a, b, eps, clamp)
-
-
-# -- coders -------------------------------------------------------------------------------
-
-def ssd_encode(boxes: Tensor, priors: Tensor, variances: tuple[float, float] = SSD_VARIANCES) -> Tensor:
-    """boxes [..., 4] xyxy, priors [..., 4] cxcywh (same units) -> offsets [..., 4]:
-    ``(c - c_p) / (v0 * wh_p)`` for the centre, ``log(wh / wh_p) / v1`` for the size."""
-    box = xyxy_to_cxcywh(boxes)
-    centre = (box[..., :2] - priors[..., :2]) / (variances[0] * priors[..., 2:])
-    size = torch.log(box[..., 2:] / priors[..., 2:]) / variances[1]
-    return torch.cat([centre, size], dim=-1)
-
-
-def ssd_decode(offsets: Tensor, priors: Tensor, variances: tuple[float, float] = SSD_VARIANCES) -> Tensor:
-    """Inverse of ``ssd_encode``: offsets [..., 4], priors [..., 4] cxcywh -> boxes [..., 4] xyxy."""
-    wh_p = priors[..., 2:]
-    centre = priors[..., :2] + offsets[..., :2] * variances[0] * wh_p
-    size = wh_p * torch.exp(offsets[..., 2:] * variances[1])
-    # the far corner is top_left + size, not centre + size / 2: the two round differently in
-    # the last bit, and YOLACT's official boxes (and so its NMS decisions) use the former
-    top_left = centre - size / 2
-    return torch.cat([top_left, top_left + size], dim=-1)
-
-
-def ltrb_encode(points: Tensor, boxes: Tensor) -> Tensor:
-    """points [..., 2] (x, y), boxes [..., 4] xyxy (broadcast) -> [..., 4] (x - x0, y - y0, x1 - x, y1 - y)."""
-    return torch.cat([points - boxes[..., :2], boxes[..., 2:] - points], dim=-1)
-
-
-def ltrb_decode(points: Tensor, deltas: Tensor) -> Tensor:
-    """Inverse of ``ltrb_encode``: points [..., 2], deltas [..., 4] -> xyxy [..., 4]."""
-    return torch.cat([points - deltas[..., :2], points + deltas[..., 2:]], dim=-1)
 
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:

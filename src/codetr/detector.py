@@ -74,6 +74,13 @@ class InputSpec:
         return cls(**d)
 
 
+def mmdet_input_spec(min_size: int = 800, max_size: int = 1333) -> InputSpec:
+    """mmdet's ``img_norm_cfg`` (Faster R-CNN, ATSS, Co-DETR): RGB in [0, 255], ImageNet mean /
+    std x 255; 1333 x 800; padded to a multiple of 32."""
+    return InputSpec(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), channel_order="RGB",
+                     scale_255=True, min_size=min_size, max_size=max_size, size_divisibility=32)
+
+
 class LossOutput(NamedTuple):
     """What a detector's train-mode forward returns. ``losses``: named scalars, each already
     multiplied by its weight; the training loss is their sum (``total()``). ``logs``: detached

@@ -7,7 +7,8 @@ import statistics
 import pytest
 import torch
 
-from codetr.assign.atss import INF, atss_assign, pairwise_iou_mmdet
+from codetr.assign.atss import INF, atss_assign
+from codetr.boxes import mmdet_iou
 from tests.conftest import golden
 
 FIXTURES = ["co_deformable_detr_r50w16", "co_dino_5scale_r50w16"]
@@ -48,7 +49,7 @@ def test_matches_official_assignment(name):
 
 def _reference(anchors, sizes, boxes, topk):
     """Alg. 1 one box at a time with Python lists (float64 inputs): gt index + 1 per anchor."""
-    ious = pairwise_iou_mmdet(anchors, boxes).tolist()
+    ious = mmdet_iou(anchors, boxes).tolist()
     ac = [((a[0] + a[2]) / 2, (a[1] + a[3]) / 2) for a in anchors.tolist()]
     best = [(-INF, 0)] * len(ac)  # (iou, gt index + 1)
     for g, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
@@ -91,7 +92,7 @@ def test_matches_brute_force(seed):
         assert torch.equal(res.gt_inds, ref)
         pos = ref > 0
         assert torch.equal(res.labels[pos], labels[ref[pos] - 1]) and (res.labels[~pos] == -1).all()
-        ious = pairwise_iou_mmdet(anchors, boxes)
+        ious = mmdet_iou(anchors, boxes)
         assert torch.equal(res.max_overlaps[pos], ious[pos, ref[pos] - 1]) and (res.max_overlaps[~pos] == -INF).all()
 
 

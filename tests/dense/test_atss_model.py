@@ -5,7 +5,8 @@ import torch
 from torchvision.ops import box_iou
 
 import codetr
-from codetr.dense.atss_detector import ATSSConfig, official_input_spec
+from codetr.dense.atss_detector import ATSSConfig
+from codetr.detector import mmdet_input_spec
 from codetr.structures import Target
 
 
@@ -40,7 +41,7 @@ def test_defaults_are_mmdet_atss_r50_fpn_1x():
     assert (c.focal_alpha, c.focal_gamma) == (0.25, 2.0)
     assert (c.cls_weight, c.giou_weight, c.centerness_weight) == (1.0, 2.0, 1.0)
     assert (c.score_threshold, c.topk_candidates, c.nms_threshold, c.detections_per_image) == (0.05, 1000, 0.6, 100)
-    s = official_input_spec()
+    s = mmdet_input_spec()
     assert (s.mean, s.std, s.channel_order, s.scale_255) == ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375),
                                                                "RGB", True)
     assert (s.min_size, s.max_size, s.size_divisibility) == (800, 1333, 32)
@@ -49,7 +50,7 @@ def test_defaults_are_mmdet_atss_r50_fpn_1x():
 def test_full_size_model_builds_and_runs_eval():
     torch.manual_seed(0)
     model = codetr.create("atss_r50_fpn_1x", num_classes=80).eval()
-    assert model.input_spec == official_input_spec()
+    assert model.input_spec == mmdet_input_spec()
     assert len(model.fpn.extra) == 2 and not model.fpn.relu_before_extra and model.fpn.extra_from == "p5"
     with torch.no_grad():
         out = model(torch.randn(1, 3, 96, 128), torch.tensor([[96, 128]]))

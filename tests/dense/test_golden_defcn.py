@@ -8,13 +8,14 @@ output (classes, kept sets, assignments) to be identical.
 import pytest
 import torch
 
+from codetr.assign.fcos import center_region_mask
+from codetr.assign.poto import pairwise_iou
+from codetr.coders import ltrb_decode
 from codetr.convert import load_official
 from codetr.convert.common import map_keys
 from codetr.convert.defcn import KEY_RULES
-from codetr.dense.assign import center_region_mask, pairwise_iou
-from codetr.detector import LossOutput
-from codetr.boxes import ltrb_decode
 from codetr.dense.points import flatten_levels
+from codetr.detector import LossOutput
 from codetr.structures import Target
 from tests.conftest import golden
 

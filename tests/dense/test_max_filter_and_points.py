@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from codetr.dense.max_filter import MaxFiltering3D
-from codetr.boxes import ltrb_decode, ltrb_encode
+from codetr.coders import ltrb_decode, ltrb_encode
 from codetr.dense.points import flatten_levels, level_points
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from codetr import rng
-from codetr.assign.max_iou import assign_overlaps, max_iou_assign, mmdet_iou
+from codetr.assign.max_iou import assign_overlaps, max_iou_assign
+from codetr.boxes import mmdet_iou
 from codetr.sampling import pseudo_sample, random_sample
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from codetr.assign.prior_match import forced_pairs, match_priors, prior_states
-from codetr.boxes import ssd_decode, ssd_encode
+from codetr.coders import ssd_decode, ssd_encode
 from codetr.yolact.priors import make_priors
 
 

@@ -22,11 +22,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..boxes import box_area, box_intersection, elementwise_box_iou
+from ..boxes import mmdet_iof, mmdet_iou
 
 # mmdet's sentinel: "far away" distance for ignored anchors, "no IoU" for non-positive anchors
 INF = 100000000.0
-IOU_EPS = 1e-6  # mmdet bbox_overlaps: union = max(union, eps)
 CENTRE_MARGIN = 0.01  # mmdet: the anchor centre must be more than this inside the box
 
 
@@ -44,11 +43,6 @@ class ATSSAssignment:
     @property
     def positive(self) -> Tensor:
         return self.gt_inds > 0
-
-
-def pairwise_iou_mmdet(anchors: Tensor, boxes: Tensor) -> Tensor:
-    """[A, 4] x [G, 4] xyxy -> [A, G], union clamped at 1e-6 (mmdet ``bbox_overlaps``)."""
-    return elementwise_box_iou(anchors[:, None, :], boxes[None, :, :], eps=IOU_EPS, clamp=True)
 
 
 def box_centres(boxes: Tensor) -> Tensor:
@@ -95,8 +89,7 @@ def ignored_anchors(anchors: Tensor, ignore_boxes: Tensor | None, thr: float) ->
     area clamped at 1e-6); None when ignoring is off or there is nothing to ignore."""
     if thr <= 0 or ignore_boxes is None or ignore_boxes.numel() == 0 or anchors.numel() == 0:
         return None
-    iof = box_intersection(anchors, ignore_boxes) / box_area(anchors).clamp(min=IOU_EPS)[:, None]
-    return iof.max(dim=1).values > thr
+    return mmdet_iof(anchors, ignore_boxes).max(dim=1).values > thr
 
 
 def atss_assign(anchors: Tensor, level_sizes: list[int], gt_boxes: Tensor, gt_labels: Tensor | None = None,
@@ -110,7 +103,7 @@ def atss_assign(anchors: Tensor, level_sizes: list[int], gt_boxes: Tensor, gt_la
     if num_gts == 0 or num_anchors == 0:
         labels = None if gt_labels is None else torch.full_like(gt_inds, -1)
         return ATSSAssignment(gt_inds, anchors.new_zeros(num_anchors), labels)
-    ious = pairwise_iou_mmdet(anchors, gt_boxes)  # [A, G]
+    ious = mmdet_iou(anchors, gt_boxes)  # [A, G]
     distances = centre_distances(anchors, gt_boxes)  # [A, G]
     ignored = ignored_anchors(anchors, ignore_boxes, ignore_iof_thr)
     if ignored is not None:

@@ -10,8 +10,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from ..boxes import cxcywh_to_xyxy, generalized_box_iou, xyxy_to_cxcywh
-from .max_iou import MMDET_EPS
+from ..boxes import MMDET_EPS, cxcywh_to_xyxy, generalized_box_iou, xyxy_to_cxcywh
 
 Match = tuple[Tensor, Tensor]  # (query indices, target indices), int64, equal length
 

@@ -20,9 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from codetr.boxes import box_area, box_intersection, elementwise_box_iou
-
-MMDET_EPS = 1e-6
+from codetr.boxes import mmdet_iof, mmdet_iou
 
 
 @dataclass
@@ -35,16 +33,6 @@ class MaxIoUAssignment:
     gt_inds: Tensor
     max_overlaps: Tensor
     labels: Tensor | None = None
-
-
-def mmdet_iou(gts: Tensor, boxes: Tensor) -> Tensor:
-    """Pairwise IoU [G, 4] x [N, 4] xyxy -> [G, N], union clamped to 1e-6 (mmdet)."""
-    return elementwise_box_iou(gts[:, None, :4], boxes[None, :, :4], eps=MMDET_EPS, clamp=True)
-
-
-def mmdet_iof(a: Tensor, b: Tensor) -> Tensor:
-    """Pairwise |A n B| / |A|, [N, 4] x [M, 4] -> [N, M], |A| clamped to 1e-6 (mmdet ``iof``)."""
-    return box_intersection(a[:, :4], b[:, :4]) / box_area(a[:, :4]).clamp(min=MMDET_EPS)[:, None]
 
 
 def _low_quality_owner(overlaps: Tensor, min_pos_iou: float, assign_all: bool) -> Tensor:

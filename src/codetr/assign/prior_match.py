@@ -15,7 +15,7 @@ Boxes are *relative* (divided by the network input's width and height); priors a
 3. a prior that is not positive becomes neutral when a crowd box covers more than
    ``crowd_threshold`` of it (intersection / prior area).
 
-The regression targets are ``boxes.ssd_encode`` of each prior's truth.
+The regression targets are ``coders.ssd_encode`` of each prior's truth.
 """
 from __future__ import annotations
 
@@ -25,8 +25,7 @@ import torch
 from torch import Tensor
 
 from ..boxes import box_coverage, box_iou, cxcywh_to_xyxy
-# the SSD coder under the names this module has always exported (yolact.py decodes with it)
-from ..boxes import ssd_encode
+from ..coders import ssd_encode
 
 POSITIVE, NEUTRAL, BACKGROUND = 1, -1, 0
 

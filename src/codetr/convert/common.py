@@ -11,6 +11,9 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor
 
+from ..data.coco_names import COCO_CATEGORIES
+from ..structures import ClassInfo
+
 log = logging.getLogger(__name__)
 
 # The one class an official checkpoint pickles besides tensors and plain containers: the
@@ -55,6 +58,14 @@ def read_config(config: str | Path) -> dict:
             return json.loads(path.read_text())
         return load_config_file(path)
     return load_config_text(config)
+
+
+def coco_classes() -> ClassInfo:
+    """COCO's 80 detection categories, label i = the i-th smallest category id: the label order
+    of official 80-class COCO heads (mmdet, cvpods, YOLACT). DETR's 91 id-indexed slots are
+    ``deformable_detr.coco_id_slots``."""
+    ids = sorted(COCO_CATEGORIES)
+    return ClassInfo(ids, [COCO_CATEGORIES[i] for i in ids])
 
 
 Rule = tuple[str, str | None]  # (regex on the official key, replacement; None = drop)

@@ -12,11 +12,10 @@ from typing import Any
 
 from torch import Tensor
 
-from ..data.coco_names import COCO_CATEGORIES
 from ..dense.defcn import DeFCN, DeFCNConfig
 from ..dense.fcos import FCOS, FCOSConfig, PointConfig, official_input_spec
 from ..structures import ClassInfo
-from .common import Rule, load_mapped, map_keys
+from .common import Rule, coco_classes, load_mapped, map_keys
 
 _BODY = r"backbone\.bottom_up\."
 KEY_RULES: list[Rule] = [
@@ -138,21 +137,15 @@ def input_spec_from_official(config: dict):
     return spec
 
 
-def coco_classes(num_classes: int) -> ClassInfo:
-    """cvpods COCO heads use the 80 categories in id order; other heads get anonymous classes."""
-    if num_classes != len(COCO_CATEGORIES):
-        return ClassInfo.anonymous(num_classes)
-    ids = sorted(COCO_CATEGORIES)
-    return ClassInfo(ids, [COCO_CATEGORIES[i] for i in ids])
-
-
 def convert(state: dict[str, Tensor], config: dict, strict: bool = True) -> DeFCN | FCOS:
     if not any(k.startswith("backbone.bottom_up.") for k in state) or "head.cls_score.weight" not in state:
         raise ValueError("not a cvpods DeFCN/FCOS checkpoint: expected 'backbone.bottom_up.*' and "
                          f"'head.cls_score.weight' keys (first keys: {', '.join(list(state)[:5])})")
     model_config = config_from_official(config, state)
     family = FCOS if isinstance(model_config, FCOSConfig) else DeFCN
-    model = family(model_config, coco_classes(model_config.num_classes), input_spec_from_official(config))
+    coco, n = coco_classes(), model_config.num_classes  # cvpods COCO heads: the 80 categories in id order
+    classes = coco if n == len(coco) else ClassInfo.anonymous(n)
+    model = family(model_config, classes, input_spec_from_official(config))
     mapped, unmapped = map_keys(state, KEY_RULES)
     load_mapped(model, mapped, unmapped, f"{family.__name__} checkpoint", strict=strict)
     return model

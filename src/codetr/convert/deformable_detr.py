@@ -56,7 +56,7 @@ def config_from_official(args: dict, state: dict[str, Tensor]) -> DeformableDETR
     )
 
 
-def coco_classes(num_classes: int) -> ClassInfo:
+def coco_id_slots(num_classes: int) -> ClassInfo:
     """Official COCO heads have one slot per COCO category id (0..90); label i is id i."""
     return ClassInfo(list(range(num_classes)), [COCO_CATEGORIES.get(i, "") for i in range(num_classes)])
 
@@ -68,7 +68,7 @@ def convert(state: dict[str, Tensor], args: dict, strict: bool = True) -> Deform
     if any(k.startswith("transformer.decoder.ref_point_head") or k.startswith("label_enc") for k in state):
         raise ValueError("this looks like a DINO checkpoint: use load_official('dino', ...)")
     config = config_from_official(args, state)
-    model = DeformableDETR(config, coco_classes(config.num_classes))
+    model = DeformableDETR(config, coco_id_slots(config.num_classes))
     mapped, unmapped = map_keys(state, KEY_RULES)
     load_mapped(model, mapped, unmapped, "Deformable DETR checkpoint", strict=strict)
     return model

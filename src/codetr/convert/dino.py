@@ -12,7 +12,7 @@ from torch import Tensor
 from ..backbones import BackboneConfig
 from ..detr.dino import DINO, DINOConfig
 from .common import Rule, load_mapped, map_keys
-from .deformable_detr import coco_classes
+from .deformable_detr import coco_id_slots
 
 KEY_RULES: list[Rule] = [
     (r"backbone\.0\.body\.(.*)", r"backbone.body.\1"),
@@ -109,7 +109,7 @@ def convert(state: dict[str, Tensor], args: dict, strict: bool = True) -> DINO:
         raise ValueError("not a DINO checkpoint: no 'label_enc.weight' / "
                          f"'transformer.decoder.ref_point_head.*' keys{hint}")
     config = config_from_official(args, state)
-    model = DINO(config, coco_classes(config.num_classes))
+    model = DINO(config, coco_id_slots(config.num_classes))
     mapped, unmapped = map_keys(state, KEY_RULES)
     load_mapped(model, mapped, unmapped, "DINO checkpoint", strict=strict)
     return model

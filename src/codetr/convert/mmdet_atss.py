@@ -19,50 +19,45 @@ Key table (mmdet -> codetr):
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from torch import Tensor
 
 from ..dense.atss import official_key_map
 from ..dense.atss_detector import ATSS, ATSSConfig
 from ..necks.fpn import mmdet_fpn_key_map
-from .common import Rule, load_mapped, map_keys
-from .mmdet_faster_rcnn import backbone_from_mmdet, classes_from_meta, input_spec_from_mmdet
+from .common import Rule
+from .mmdet import (backbone_from_mmdet, backbone_key_rules, classes_from_meta, input_spec_from_mmdet,
+                    load_mmdet_state, require)
 
 ATSS_CLS = "bbox_head.atss_cls.weight"
 _NECK_EXTRA = ("on_output",)
 
 
-def _require(key: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ValueError(f"mmdet config {key}={value!r} is not supported (supported: {list(allowed)})")
-
-
 def _neck_fields(neck: dict, backbone_channels: list[int]) -> dict:
     """mmdet ``FPN`` from C3 (start_level 1), extra convs on the P5 output, no ReLU before them."""
-    _require("neck.type", neck.get("type"), ("FPN",))
-    _require("neck.start_level", neck.get("start_level", 0), (1,))
-    _require("neck.end_level", neck.get("end_level", -1), (-1,))
-    _require("neck.add_extra_convs", neck.get("add_extra_convs", False), _NECK_EXTRA)
-    _require("neck.relu_before_extra_convs", neck.get("relu_before_extra_convs", False), (False,))
+    require("neck.type", neck.get("type"), ("FPN",))
+    require("neck.start_level", neck.get("start_level", 0), (1,))
+    require("neck.end_level", neck.get("end_level", -1), (-1,))
+    require("neck.add_extra_convs", neck.get("add_extra_convs", False), _NECK_EXTRA)
+    require("neck.relu_before_extra_convs", neck.get("relu_before_extra_convs", False), (False,))
     for key in ("norm_cfg", "act_cfg"):
-        _require(f"neck.{key}", neck.get(key), (None,))
-    _require("neck.in_channels", list(neck["in_channels"])[1:], (backbone_channels,))
+        require(f"neck.{key}", neck.get(key), (None,))
+    require("neck.in_channels", list(neck["in_channels"])[1:], (backbone_channels,))
     return dict(fpn_channels=int(neck["out_channels"]))
 
 
 def _head_fields(head: dict) -> dict:
-    _require("bbox_head.type", head.get("type"), ("ATSSHead",))
-    _require("bbox_head.reg_decoded_bbox", head.get("reg_decoded_bbox", True), (True,))
+    require("bbox_head.type", head.get("type"), ("ATSSHead",))
+    require("bbox_head.reg_decoded_bbox", head.get("reg_decoded_bbox", True), (True,))
     anchors, coder = head["anchor_generator"], head.get("bbox_coder", {})
-    _require("bbox_head.anchor_generator.type", anchors.get("type"), ("AnchorGenerator",))
-    _require("bbox_head.anchor_generator.center_offset", anchors.get("center_offset", 0.0), (0, 0.0))
-    _require("bbox_head.bbox_coder.type", coder.get("type", "DeltaXYWHBBoxCoder"), ("DeltaXYWHBBoxCoder",))
+    require("bbox_head.anchor_generator.type", anchors.get("type"), ("AnchorGenerator",))
+    require("bbox_head.anchor_generator.center_offset", anchors.get("center_offset", 0.0), (0, 0.0))
+    require("bbox_head.bbox_coder.type", coder.get("type", "DeltaXYWHBBoxCoder"), ("DeltaXYWHBBoxCoder",))
     cls, box, ctr = head["loss_cls"], head["loss_bbox"], head.get("loss_centerness", {})
-    _require("bbox_head.loss_cls", (cls["type"], cls.get("use_sigmoid", True)), (("FocalLoss", True),))
-    _require("bbox_head.loss_bbox.type", box["type"], ("GIoULoss",))
-    _require("bbox_head.loss_centerness", (ctr.get("type", "CrossEntropyLoss"), ctr.get("use_sigmoid", True)),
-             (("CrossEntropyLoss", True),))
+    require("bbox_head.loss_cls", (cls["type"], cls.get("use_sigmoid", True)), (("FocalLoss", True),))
+    require("bbox_head.loss_bbox.type", box["type"], ("GIoULoss",))
+    require("bbox_head.loss_centerness", (ctr.get("type", "CrossEntropyLoss"), ctr.get("use_sigmoid", True)),
+            (("CrossEntropyLoss", True),))
     return dict(
         feat_channels=int(head.get("feat_channels", 256)), stacked_convs=int(head.get("stacked_convs", 4)),
         strides=[int(s) for s in anchors["strides"]], octave_base_scale=int(anchors["octave_base_scale"]),
@@ -77,12 +72,12 @@ def _head_fields(head: dict) -> dict:
 def _train_test_fields(train: dict | None, test: dict | None) -> dict:
     out: dict = {}
     if train is not None:
-        _require("train_cfg.assigner.type", train["assigner"].get("type"), ("ATSSAssigner",))
-        _require("train_cfg.allowed_border", train.get("allowed_border", -1), (-1,))
+        require("train_cfg.assigner.type", train["assigner"].get("type"), ("ATSSAssigner",))
+        require("train_cfg.allowed_border", train.get("allowed_border", -1), (-1,))
         out["topk"] = int(train["assigner"].get("topk", 9))
     if test is not None:
         nms = test.get("nms") or {}
-        _require("test_cfg.nms.type", nms.get("type", "nms"), ("nms",))
+        require("test_cfg.nms.type", nms.get("type", "nms"), ("nms",))
         iou = nms.get("iou_threshold", nms.get("iou_thr"))  # mmdet < 2.4 says iou_thr
         out.update(score_threshold=float(test.get("score_thr", 0.05)), topk_candidates=int(test.get("nms_pre", 1000)),
                    nms_threshold=None if iou is None else float(iou),
@@ -95,7 +90,7 @@ def config_from_mmdet(config: dict, state: dict[str, Tensor]) -> ATSSConfig:
     model = config.get("model")
     if not model:
         return ATSSConfig(num_classes=int(state[ATSS_CLS].shape[0]))
-    _require("model.type", model.get("type"), ("ATSS",))
+    require("model.type", model.get("type"), ("ATSS",))
     head = _head_fields(model["bbox_head"])
     rows, anchors = int(state[ATSS_CLS].shape[0]), len(head["anchor_ratios"]) * head["scales_per_octave"]
     num_classes = int(model["bbox_head"].get("num_classes", rows // anchors))
@@ -104,7 +99,7 @@ def config_from_mmdet(config: dict, state: dict[str, Tensor]) -> ATSSConfig:
                          f"but {ATSS_CLS} has {rows} rows")
     backbone = backbone_from_mmdet(model["backbone"])
     channels = [backbone.res2_channels * 2 ** i for i in range(1, 4)]
-    _require("neck.num_outs", model["neck"].get("num_outs"), (len(head["strides"]),))
+    require("neck.num_outs", model["neck"].get("num_outs"), (len(head["strides"]),))
     train, test = model.get("train_cfg") or config.get("train_cfg"), model.get("test_cfg") or config.get("test_cfg")
     return ATSSConfig(num_classes=num_classes, backbone=backbone, **_neck_fields(model["neck"], channels), **head,
                       **_train_test_fields(train, test))
@@ -112,12 +107,10 @@ def config_from_mmdet(config: dict, state: dict[str, Tensor]) -> ATSSConfig:
 
 def key_rules(config: ATSSConfig) -> list[Rule]:
     """The explicit mmdet -> codetr key table (module docstring) for this architecture."""
-    drop_bn_counts = [(r"backbone\..*\.num_batches_tracked", None)] if config.backbone.norm == "frozen_bn" else []
     fpn = [(re.escape("neck." + k), "fpn." + v) for k, v in mmdet_fpn_key_map(3, len(config.strides) - 3).items()]
     head = [(re.escape("bbox_head." + k), "head." + v)
             for k, v in official_key_map(config.stacked_convs, len(config.strides)).items()]
-    backbone = [(r"backbone\.((conv1|bn1|layer\d+\.\d+\.(conv\d|bn\d|downsample\.[01]))\.\w+)", r"backbone.body.\1")]
-    return drop_bn_counts + fpn + head + backbone
+    return backbone_key_rules(config.backbone) + fpn + head
 
 
 def convert(ckpt: dict, config: dict, strict: bool = True) -> ATSS:
@@ -129,7 +122,4 @@ def convert(ckpt: dict, config: dict, strict: bool = True) -> ATSS:
     model_config = config_from_mmdet(config, state)
     model = ATSS(model_config, classes_from_meta(ckpt.get("meta"), model_config.num_classes),
                  input_spec_from_mmdet(config))
-    mapped, unmapped = map_keys(state, key_rules(model_config))
-    load_mapped(model, mapped, unmapped, "mmdet ATSS checkpoint", strict=strict,
-                ignore_missing=lambda k: k.endswith("num_batches_tracked"))
-    return model
+    return load_mmdet_state(model, state, key_rules(model_config), "mmdet ATSS checkpoint", strict)

@@ -14,10 +14,9 @@ from typing import Any
 
 from torch import Tensor
 
-from ..data.coco_names import COCO_CATEGORIES
 from ..structures import ClassInfo
 from ..yolact.yolact import Yolact, YolactConfig
-from .common import Rule, load_mapped, map_keys
+from .common import Rule, coco_classes, load_mapped, map_keys
 
 _DEPTHS = {(2, 2, 2, 2): 18, (3, 4, 6, 3): 50, (3, 4, 23, 3): 101, (3, 8, 36, 3): 152}
 _PLUS_SCALES = [[s * 2 ** (j / 3.0) for j in range(3)] for s in (24, 48, 96, 192, 384)]
@@ -120,8 +119,7 @@ def official_classes(cfg: dict, num_classes: int) -> ClassInfo:
     """COCO's 80 categories (official label order = sorted COCO ids) or the config's names."""
     names = cfg.get("dataset", {}).get("class_names") if isinstance(cfg.get("dataset"), dict) else None
     if num_classes == 80 and not names:
-        ids = sorted(COCO_CATEGORIES)
-        return ClassInfo(ids, [COCO_CATEGORIES[i] for i in ids])
+        return coco_classes()
     if names and len(names) == num_classes:
         return ClassInfo(list(range(num_classes)), list(names))
     return ClassInfo.anonymous(num_classes)

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from .. import distributed as du
 from ..anchors import AnchorGenerator
 from ..assign.atss import atss_assign
-from ..boxes import elementwise_generalized_box_iou
+from ..boxes import MMDET_EPS, elementwise_generalized_box_iou
 from ..coders import delta_xywh_decode
 from ..losses import reduce_by_avg_factor, sigmoid_focal_loss
 from .base import keep_top, per_prior, top_candidates
@@ -192,7 +192,7 @@ def atss_losses(out: ATSSOutputs, tg: ATSSTargets, stds: Sequence[float], means:
     anchors, boxes, lvl = tg.anchors[img, idx], tg.boxes[img, idx], level_of[idx]
     ctr_t = centerness_target(anchors, boxes)  # [P]
     pred = delta_xywh_decode(anchors, deltas[img, idx], means, stds)  # [P, 4], no clipping
-    giou = elementwise_generalized_box_iou(pred, boxes, eps=1e-6, clamp=True)
+    giou = elementwise_generalized_box_iou(pred, boxes, eps=MMDET_EPS, clamp=True)
     loss_giou = reduce_by_avg_factor(per_level_sum((1 - giou) * ctr_t, lvl, num_levels), 1.0, summed=True)
     ctr_norm = du.mean_count_over_ranks(per_level_sum(ctr_t.detach(), lvl, num_levels).sum())
     bce = F.binary_cross_entropy_with_logits(ctr[img, idx], ctr_t, reduction="none")

@@ -20,7 +20,7 @@ from torch import Tensor
 from ..backbones import BackboneConfig, build_backbone
 from ..coders import delta_xywh_decode
 from ..config_checks import COMMON_MINIMUMS, require_at_least
-from ..detector import InputSpec
+from ..detector import InputSpec, mmdet_input_spec
 from ..necks.fpn import FPN
 from ..structures import ClassInfo, Target
 from .atss import ATSSHead, ATSSLossConfig, ATSSOutputs
@@ -73,13 +73,6 @@ class ATSSConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def official_input_spec(min_size: int = 800, max_size: int = 1333) -> InputSpec:
-    """mmdet's ``img_norm_cfg``: RGB in [0, 255], ImageNet mean / std x 255; 1333 x 800; padded
-    to a multiple of 32."""
-    return InputSpec(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), channel_order="RGB",
-                     scale_255=True, min_size=min_size, max_size=max_size, size_divisibility=32)
 
 
 @dataclass(frozen=True)
@@ -137,7 +130,7 @@ class ATSS(DenseDetector):
             ATSSCriterion(head, c.cls_weight, c.giou_weight, c.centerness_weight),
             ScoreComposition(class_only, times_quality),
             DenseTestConfig(c.score_threshold, c.topk_candidates, c.nms_threshold, c.detections_per_image))
-        super().__init__(c, classes, input_spec or official_input_spec(), backbone, fpn, parts)
+        super().__init__(c, classes, input_spec or mmdet_input_spec(), backbone, fpn, parts)
 
     def head_outputs(self, feats: list[Tensor]) -> dict[str, list[Tensor]]:
         out = self.head(feats)

@@ -16,12 +16,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import distributed as du
+from ..assign.fcos import center_region_mask, fcos_assign, inside_boxes
+from ..assign.poto import aux_topk_assign, pairwise_iou, poto_assign, poto_quality
+from ..coders import ltrb_decode, ltrb_encode
 from ..losses import focal_loss_on_probs, sigmoid_focal_loss
 from ..structures import Target
-from .assign import (aux_topk_assign, center_region_mask, fcos_assign, inside_boxes, pairwise_iou,
-                     poto_assign, poto_quality)
 from .losses import ltrb_giou_loss
-from ..boxes import ltrb_decode, ltrb_encode
 
 
 @dataclass

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from torch import Tensor, nn
 
 from ..backbones import BackboneConfig, build_backbone
-from ..boxes import ltrb_decode
+from ..coders import ltrb_decode
 from ..config_checks import COMMON_MINIMUMS, require_at_least
 from ..detector import InputSpec
 from ..necks.fpn import FPN

@@ -2,7 +2,7 @@
 
 A point of level l at grid cell (i, j) sits at ((j + offset) * stride_l, (i + offset) * stride_l)
 in input pixels; its box is encoded as the distances (l, t, r, b) to the four sides by
-``codetr.boxes.ltrb_encode``.
+``codetr.coders.ltrb_encode``.
 """
 from __future__ import annotations
 

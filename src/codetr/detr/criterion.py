@@ -30,8 +30,7 @@ from torch import Tensor
 
 from .. import distributed as du
 from ..assign.hungarian import HungarianMatcher, Match
-from ..assign.max_iou import MMDET_EPS
-from ..boxes import cxcywh_to_xyxy, elementwise_box_iou, elementwise_generalized_box_iou
+from ..boxes import MMDET_EPS, cxcywh_to_xyxy, elementwise_box_iou, elementwise_generalized_box_iou
 from ..losses import quality_focal_loss, sigmoid_focal_loss
 
 Outputs = dict[str, Tensor]        # {'pred_logits' [B, Q, K], 'pred_boxes' [B, Q, 4] cxcywh}

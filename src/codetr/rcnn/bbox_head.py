@@ -31,13 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from codetr.boxes import elementwise_generalized_box_iou
+from codetr.boxes import MMDET_EPS, elementwise_generalized_box_iou
 from codetr.coders import delta_xywh_decode, delta_xywh_encode
 from codetr.losses import reduce_by_avg_factor
 from codetr.ops.nms import multiclass_nms
 from codetr.sampling import Sample
 
-GIOU_EPS = 1e-6  # mmdet GIoULoss: union and enclosing area clamped to >= 1e-6
 
 
 
@@ -137,7 +136,7 @@ def roi_losses(cls_score: Tensor, bbox_pred: Tensor, rois: Tensor, t: RoITargets
     target, weight = t.box_targets[pos], t.box_weights[pos]
     if cfg.decoded:
         boxes = delta_xywh_decode(rois[pos, 1:], pred, means, stds)  # no clipping in the loss
-        per_box = 1 - elementwise_generalized_box_iou(boxes, target, eps=GIOU_EPS, clamp=True)  # [P]
+        per_box = 1 - elementwise_generalized_box_iou(boxes, target, eps=MMDET_EPS, clamp=True)  # [P]
         per_box = per_box * weight.mean(dim=-1)
     else:
         per_box = (pred - target).abs() * weight  # [P, 4]

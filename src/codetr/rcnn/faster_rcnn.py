@@ -24,7 +24,7 @@ from torch import Tensor
 from codetr.anchors import AnchorGenerator
 from codetr.backbones import BackboneConfig, build_backbone
 from codetr.config_checks import COMMON_MINIMUMS, require_at_least
-from codetr.detector import Detector, InputSpec, LossOutput
+from codetr.detector import Detector, InputSpec, LossOutput, mmdet_input_spec
 from codetr.necks.fpn import EXTRA_SOURCES, FPN
 from codetr.sampling import RCNN_SAMPLING, RPN_SAMPLING, AssignSampleConfig
 from codetr.structures import ClassInfo, Detections, Target
@@ -121,12 +121,6 @@ class FasterRCNNConfig:
         return asdict(self)
 
 
-def official_input_spec(min_size: int = 800, max_size: int = 1333) -> InputSpec:
-    """mmdet: RGB in [0, 255], ImageNet mean / std, padded to a multiple of 32."""
-    return InputSpec(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), channel_order="RGB",
-                     scale_255=True, min_size=min_size, max_size=max_size, size_divisibility=32)
-
-
 def training_target(target: Target) -> Target:
     """The boxes a training step learns from: not crowd, positive width and height."""
     t = target.non_crowd()
@@ -139,7 +133,7 @@ class FasterRCNN(Detector):
 
     def __init__(self, config: FasterRCNNConfig, classes: ClassInfo | None = None,
                  input_spec: InputSpec | None = None) -> None:
-        super().__init__(classes or ClassInfo.anonymous(config.num_classes), input_spec or official_input_spec())
+        super().__init__(classes or ClassInfo.anonymous(config.num_classes), input_spec or mmdet_input_spec())
         if len(self.classes) != config.num_classes:
             raise ValueError(f"{len(self.classes)} classes given for num_classes={config.num_classes}")
         self.config = c = config

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..backbones import BackboneConfig, build_backbone
-from ..boxes import ssd_decode
+from ..coders import ssd_decode
 from ..config_checks import COMMON_MINIMUMS, require_at_least
 from ..detector import Detector, InputSpec, LossOutput
 from ..structures import ClassInfo, Detections, Target

@@ -3,9 +3,9 @@ import itertools
 
 import torch
 
+from codetr.assign.fcos import center_region_mask, fcos_assign, inside_boxes
+from codetr.assign.poto import aux_topk_assign, pairwise_iou, poto_assign, poto_quality
 from codetr.boxes import box_intersection, box_iou
-from codetr.dense.assign import (aux_topk_assign, center_region_mask, fcos_assign, inside_boxes, pairwise_iou,
-                                 poto_assign, poto_quality)
 
 
 def brute_force_best(weights: torch.Tensor) -> float:
