@@ -28,12 +28,20 @@ TINY = {  # family -> config overrides that shrink any of its zoo entries
     "fcos": dict(backbone=BACKBONE, fpn_channels=64, num_convs=1, score_threshold=0.0),
     "atss": dict(backbone=BACKBONE, fpn_channels=32, feat_channels=64, stacked_convs=1, score_threshold=0.0),
     "faster_rcnn": dict(backbone=BACKBONE, fpn_channels=16, rpn_channels=16, fc_channels=32),
+    # ResNet fields shrink the ResNet entries, ``swin`` the Swin-L ones; the auxiliary heads follow.
+    # 64-d: the GroupNorm (32 groups) of a 1 x 1 map needs 2 channels per group
+    "co_detr": dict(backbone={**BACKBONE, "swin": {"embed_dims": 8, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2],
+                                                   "window_size": 4}},
+                    embed_dims=64, pe_num_feats=32, num_heads=2, enc_layers=1, dec_layers=2, ffn_dim=32,
+                    num_queries=10, dn_num_queries=3),
 }
 SPEC = {"min_size": 64, "max_size": 96}  # the non-square families' tiny input
 HW = (64, 64)                             # the train / eval batch's images
 
 
 def family_of(name: str) -> str:
+    if name.startswith(("co_deformable_detr", "co_dino")):  # Co-DETR's two variants
+        return "co_detr"
     return next(f for f in TINY if name.startswith(f))
 
 
@@ -78,7 +86,8 @@ def raw_output_names(model) -> set[str]:
     """The README's names: DETRs' pred_logits, pred_boxes, aux_outputs and enc_outputs (two-stage
     Deformable DETR) / interm_outputs (DINO); DeFCN's box_cls, box_delta and box_filter (3DMF) or
     box_center (FCOS); ATSS's (mmdet) cls_scores, bbox_preds, centernesses; YOLACT's loc, conf, mask,
-    priors, proto."""
+    priors, proto; Co-DETR's all_cls_scores, all_bbox_preds, enc_outputs_as_feats and the
+    variant's encoder outputs."""
     c = model.config
     if model.family == "deformable_detr":
         return {"pred_logits", "pred_boxes", "aux_outputs"} | ({"enc_outputs"} if c.two_stage else set())
@@ -90,6 +99,10 @@ def raw_output_names(model) -> set[str]:
         return {"rpn_cls_score", "rpn_bbox_pred", "proposals", "rois", "cls_score", "bbox_pred"}
     if model.family == "atss":
         return {"cls_scores", "bbox_preds", "centernesses"}
+    if model.family == "co_detr":
+        encoder = ("enc_outputs_class", "enc_outputs_coord") if c.variant == "deformable" else \
+            ("enc_topk_scores", "enc_topk_anchors")
+        return {"all_cls_scores", "all_bbox_preds", "enc_outputs_as_feats", *encoder}
     return {"box_cls", "box_delta"} | ({"box_center"} if model.family == "fcos" else
                                        {"box_filter"} if c.max_filter else set())
 

@@ -97,16 +97,16 @@ def official_defcn(name: str) -> RunConfig:
     return RunConfig(model=name, out_dir=f"runs/{name}", data=data, train=train)
 
 
-def official_rcnn(name: str) -> RunConfig:
-    """mmdet's 1x schedule (SGD LR 0.02 at batch 16, momentum 0.9, weight decay 1e-4, 500-iteration
-    warmup, LR x0.1 at epochs 8 and 11, 1333 x 800 + flip, no gradient clipping) with the engine's
-    AdamW, which has no SGD: LR 1e-4 with the backbone at 0.1x as the other official recipes, one
-    drop at epoch 8 (the engine's step schedule drops once)."""
+def official_mmdet_1x(name: str) -> RunConfig:
+    """mmdet's 1x schedule, shared by ``faster_rcnn_r50_fpn_1x_coco`` and ``atss_r50_fpn_1x_coco``
+    (SGD LR 0.02 for Faster R-CNN, 0.01 for ATSS, at batch 16, momentum 0.9, weight decay 1e-4,
+    500-iteration warmup, LR x0.1 at epochs 8 and 11, 1333 x 800 + flip, no gradient clipping)
+    with the engine's AdamW, which has no SGD: LR 1e-4 with the backbone at 0.1x as the other
+    official recipes, one drop at epoch 8 (the engine's step schedule drops once)."""
     data = DataConfig(train_scales=[800], max_size=1333, crop=False)
     train = TrainConfig(epochs=12, batch_size=2, lr=1e-4, weight_decay=1e-4, lr_drop=8, warmup_iters=500,
                         lr_multipliers={"backbone": 0.1}, clip_max_norm=0)
     return RunConfig(model=name, out_dir=f"runs/{name}", data=data, train=train)
-
 
 
 def tiny_rcnn(name: str) -> RunConfig:
@@ -117,11 +117,24 @@ def tiny_rcnn(name: str) -> RunConfig:
     run = tiny_dense(name)
     return replace(run, train=replace(run.train, epochs=16, lr_drop=13, eval_every=8))
 
-def official_atss(name: str) -> RunConfig:
-    """mmdet's ``atss_r50_fpn_1x_coco``: the 1x schedule of ``official_rcnn`` (there SGD at LR
-    0.01, not 0.02, batch 16), run with the engine's AdamW as every official recipe here, with
-    ``official_rcnn``'s AdamW settings."""
-    return official_rcnn(name)
+
+def official_co_detr(name: str, epochs: int = 12, lr_drop: int = 11, batch_size: int = 2,
+                     lr_multipliers: dict[str, float] | None = None) -> RunConfig:
+    """Official Co-DETR (``co_dino_5scale_r50_1x_coco.py``): AdamW 2e-4, weight decay 1e-4,
+    gradient clipping 0.1, 12 epochs with the drop at 11, 2 images per GPU (16 on 8 GPUs), DETR
+    augmentation (flip, 480-800 multi-scale or the 400-600 crop branch); LR x0.1 for the
+    backbone (``lr_multipliers``; Co-Deformable-DETR also sampling offsets and reference points)."""
+    multipliers = {"backbone": 0.1} if lr_multipliers is None else lr_multipliers
+    train = TrainConfig(epochs=epochs, batch_size=batch_size, lr=2e-4, weight_decay=1e-4, lr_drop=lr_drop,
+                        lr_multipliers=multipliers, clip_max_norm=0.1)
+    return RunConfig(model=name, out_dir=f"runs/{name}", data=DataConfig(), train=train)
+
+
+def official_co_detr_lsj(name: str, batch_size: int = 2) -> RunConfig:
+    """The official 3x LSJ schedules (``co_dino_5scale_lsj_*_3x_coco.py``): 36 epochs, drop at 30;
+    Swin-L 1 image per GPU. codetr has no large-scale jitter + copy-paste pipeline: this trains
+    with the DETR augmentation of ``official_co_detr`` (the model evaluates as LSJ: 1024 / 1280 squares)."""
+    return official_co_detr(name, epochs=36, lr_drop=30, batch_size=batch_size)
 
 
 # zoo name -> its recipe
@@ -142,8 +155,15 @@ RECIPES: dict[str, Callable[[str], RunConfig]] = {
     "fcos_r50": official_defcn,
     "defcn_tiny": tiny_dense,
     "fcos_tiny": tiny_dense,
-    "faster_rcnn_r50_fpn_1x": official_rcnn,
+    "faster_rcnn_r50_fpn_1x": official_mmdet_1x,
     "faster_rcnn_tiny": tiny_rcnn,
-    "atss_r50_fpn_1x": official_atss,
+    "atss_r50_fpn_1x": official_mmdet_1x,
     "atss_tiny": tiny_dense,
+    "co_deformable_detr_r50_1x": lambda name: official_co_detr(
+        name, lr_multipliers={"backbone": 0.1, "sampling_offsets": 0.1, "reference_points": 0.1}),
+    "co_dino_5scale_r50_1x": official_co_detr,
+    "co_dino_5scale_lsj_r50_3x": official_co_detr_lsj,
+    "co_dino_5scale_swin_l_1x": lambda name: official_co_detr(name, batch_size=1),
+    "co_dino_5scale_swin_l_lsj_3x": lambda name: official_co_detr_lsj(name, batch_size=1),
+    "co_dino_tiny": lambda name: tiny_detr(name, epochs=15, lr_drop=12),
 }

@@ -8,24 +8,11 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from ..anchors import AnchorGenerator
 from ..dense.atss import ATSSHead, atss_head_from_mmdet
-from ..rcnn import ProposalConfig, RPNHead
+from ..rcnn import ProposalConfig
 from ..rcnn.roi_head import RoIHead, roi_head_from_mmdet
+from ..rcnn.rpn import rpn_from_mmdet
 from ..sampling import AssignSampleConfig
-
-
-def rpn_from_mmdet(head: dict) -> RPNHead:
-    """An mmdet ``RPNHead`` dict (sigmoid CE + L1 on deltas) -> ``RPNHead``."""
-    if head.get("type") != "RPNHead" or head["loss_cls"]["type"] != "CrossEntropyLoss" or \
-            not head["loss_cls"].get("use_sigmoid", False) or head["loss_bbox"]["type"] != "L1Loss":
-        raise ValueError("only the RPNHead with sigmoid cross-entropy and L1 losses is supported")
-    ag, coder = head["anchor_generator"], head.get("bbox_coder", {})
-    anchors = AnchorGenerator(ag["strides"], ag["ratios"], octave_base_scale=ag["octave_base_scale"],
-                              scales_per_octave=ag["scales_per_octave"])
-    return RPNHead(head["in_channels"], head.get("feat_channels", head["in_channels"]), anchors,
-                   head["loss_cls"].get("loss_weight", 1.0), head["loss_bbox"].get("loss_weight", 1.0),
-                   stds=coder.get("target_stds", (1.0,) * 4), means=coder.get("target_means", (0.0,) * 4))
 
 
 def proposal_config(cfg: dict) -> ProposalConfig:

@@ -53,10 +53,14 @@ def build_query_head(c: CoDETRConfig) -> CoQueryHead:
                                    with_coord_feat=c.with_coord_feat)
     if c.variant == "deformable":
         transformer = DeformableTransformer(*layers, two_stage=True, num_queries=c.num_queries)
-        return CoDeformableDETRHead(transformer, position, c.num_classes, c.num_queries, c.mixed_selection,
+        head = CoDeformableDETRHead(transformer, position, c.num_classes, c.num_queries, c.mixed_selection,
                                     c.look_forward_twice, positive)
-    return CoDINOHead(DINOTransformer(*layers, num_queries=c.num_queries), position, c.num_classes, positive,
-                      c.dn_label_noise, c.dn_box_noise, c.dn_num_queries)
+    else:
+        transformer = DINOTransformer(*layers, num_queries=c.num_queries)
+        head = CoDINOHead(transformer, position, c.num_classes, positive, c.dn_label_noise, c.dn_box_noise,
+                          c.dn_num_queries)
+    transformer.encoder.checkpoint_layers = c.enc_checkpoint_layers
+    return head
 
 
 def build_criterion(c: CoDETRConfig) -> CoDETRCriterion:

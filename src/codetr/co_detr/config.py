@@ -3,7 +3,8 @@
 
 The auxiliary heads (RPN, RoI, ATSS) are kept as their official config dicts: their builders
 (``rcnn.roi_head_from_mmdet``, ``dense.atss_head_from_mmdet``, ``co_detr.aux_heads.rpn_from_mmdet``)
-are the one place that reads them, so the numbers are not parsed twice.
+are the one place that reads them, so the numbers are not parsed twice. ``official_aux_heads``
+writes them for the zoo from the official configs' numbers.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class CoDETRConfig:
     dec_layers: int = 6
     ffn_dim: int = 2048
     dropout: float = 0.0
+    enc_checkpoint_layers: int = 4  # official ``with_cp``: the first this many encoder layers recompute in backward
     enc_points: int = 4
     dec_points: int = 4
     num_queries: int = 900
@@ -87,6 +89,84 @@ class CoDETRConfig:
             raise ValueError("eval_module 'two-stage' needs the RPN")
         if self.embed_dims % 2 or self.num_levels < len(self.backbone_stages):
             raise ValueError(f"embed_dims must be even and num_levels >= {len(self.backbone_stages)} backbone levels")
+        if 2 * self.pe_num_feats != self.embed_dims:
+            raise ValueError(f"pe_num_feats must be embed_dims / 2 = {self.embed_dims // 2}, got {self.pe_num_feats}")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def official_aux_heads(c: CoDETRConfig, lambda_2: float = 2.0, fc_channels: int = 1024,
+                       finest_scale: float = 56.0) -> dict:
+    """The ``rpn``, ``roi_heads`` and ``atss_heads`` of the official configs
+    (``co_dino_5scale_r50_1x_coco.py``, ``co_deformable_detr_r50_1x_coco.py``: one RPN + RoI head,
+    one ATSS head), sized to ``c``: its classes, ``embed_dims`` channels, the strides of the query
+    head's L + 1 maps; every loss weight x ``dec_layers * lambda_2`` (official ``num_dec_layer *
+    lambda_2``). ``fc_channels``: the RoI head's two FCs; ``finest_scale``: its level rule."""
+    stride0 = 2 ** (min(c.backbone_stages) + 1)                          # stage 1 (C2) has stride 4
+    strides = [stride0 * 2 ** i for i in range(c.num_levels + 1)]
+    w = c.dec_layers * lambda_2
+    return {"rpn": _rpn(c.embed_dims, strides, w), "roi_heads": [_roi(c, strides[:-1], w, fc_channels, finest_scale)],
+            "atss_heads": [_atss(c, strides, w)]}
+
+
+def _anchors(strides: list[int], octave_base_scale: int, scales_per_octave: int, ratios: list[float]) -> dict:
+    return {"type": "AnchorGenerator", "octave_base_scale": octave_base_scale, "scales_per_octave": scales_per_octave,
+            "ratios": ratios, "strides": strides}
+
+
+def _coder(stds: list[float]) -> dict:
+    return {"type": "DeltaXYWHBBoxCoder", "target_means": [0.0] * 4, "target_stds": stds}
+
+
+def _nms(iou: float) -> dict:
+    return {"type": "nms", "iou_threshold": iou}
+
+
+def _max_iou(pos: float, neg: float, min_pos: float, low_quality: bool) -> dict:
+    return {"type": "MaxIoUAssigner", "pos_iou_thr": pos, "neg_iou_thr": neg, "min_pos_iou": min_pos,
+            "match_low_quality": low_quality, "ignore_iof_thr": -1}
+
+
+def _sampler(num: int, pos_fraction: float, add_gt: bool) -> dict:
+    return {"type": "RandomSampler", "num": num, "pos_fraction": pos_fraction, "neg_pos_ub": -1,
+            "add_gt_as_proposals": add_gt}
+
+
+def _rpn(channels: int, strides: list[int], w: float) -> dict:
+    head = {"type": "RPNHead", "in_channels": channels, "feat_channels": channels,
+            "anchor_generator": _anchors(strides, 4, 3, [0.5, 1.0, 2.0]), "bbox_coder": _coder([1.0] * 4),
+            "loss_cls": {"type": "CrossEntropyLoss", "use_sigmoid": True, "loss_weight": w},
+            "loss_bbox": {"type": "L1Loss", "loss_weight": w}}
+    train = {"assigner": _max_iou(0.7, 0.3, 0.3, True), "sampler": _sampler(256, 0.5, False), "allowed_border": -1,
+             "pos_weight": -1}
+    proposal = {"nms_pre": 4000, "max_per_img": 1000, "nms": _nms(0.7), "min_bbox_size": 0}
+    test = {"nms_pre": 1000, "max_per_img": 1000, "nms": _nms(0.7), "min_bbox_size": 0}
+    return {"head": head, "train": train, "proposal": proposal, "test": test}
+
+
+def _roi(c: CoDETRConfig, strides: list[int], w: float, fc_channels: int, finest_scale: float) -> dict:
+    extractor = {"type": "SingleRoIExtractor", "out_channels": c.embed_dims, "featmap_strides": strides,
+                 "finest_scale": finest_scale,
+                 "roi_layer": {"type": "RoIAlign", "output_size": 7, "sampling_ratio": 0}}
+    box_head = {"type": "Shared2FCBBoxHead", "in_channels": c.embed_dims, "fc_out_channels": fc_channels,
+                "roi_feat_size": 7, "num_classes": c.num_classes, "bbox_coder": _coder([0.1, 0.1, 0.2, 0.2]),
+                "reg_class_agnostic": False, "reg_decoded_bbox": True,
+                "loss_cls": {"type": "CrossEntropyLoss", "use_sigmoid": False, "loss_weight": w},
+                "loss_bbox": {"type": "GIoULoss", "loss_weight": 10.0 * w}}
+    train = {"assigner": _max_iou(0.5, 0.5, 0.5, False), "sampler": _sampler(512, 0.25, True), "pos_weight": -1}
+    test = {"score_thr": 0.0, "nms": _nms(0.5), "max_per_img": 100}
+    return {"head": {"type": "CoStandardRoIHead", "bbox_roi_extractor": extractor, "bbox_head": box_head},
+            "train": train, "test": test}
+
+
+def _atss(c: CoDETRConfig, strides: list[int], w: float) -> dict:
+    head = {"type": "CoATSSHead", "num_classes": c.num_classes, "in_channels": c.embed_dims, "stacked_convs": 1,
+            "feat_channels": c.embed_dims, "anchor_generator": _anchors(strides, 8, 1, [1.0]),
+            "bbox_coder": _coder([0.1, 0.1, 0.2, 0.2]),
+            "loss_cls": {"type": "FocalLoss", "use_sigmoid": True, "gamma": 2.0, "alpha": 0.25, "loss_weight": w},
+            "loss_bbox": {"type": "GIoULoss", "loss_weight": 2.0 * w},
+            "loss_centerness": {"type": "CrossEntropyLoss", "use_sigmoid": True, "loss_weight": w}}
+    train = {"assigner": {"type": "ATSSAssigner", "topk": 9}, "allowed_border": -1, "pos_weight": -1}
+    test = {"nms_pre": 1000, "min_bbox_size": 0, "score_thr": 0.0, "nms": _nms(0.6), "max_per_img": 100}
+    return {"head": head, "train": train, "test": test}

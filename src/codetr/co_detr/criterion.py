@@ -36,8 +36,7 @@ from torch import Tensor
 
 from .. import distributed as du
 from ..assign.hungarian import PixelHungarianMatcher
-from ..assign.max_iou import MMDET_EPS
-from ..boxes import cxcywh_to_xyxy, elementwise_generalized_box_iou, xyxy_to_cxcywh
+from ..boxes import MMDET_EPS, cxcywh_to_xyxy, elementwise_generalized_box_iou, xyxy_to_cxcywh
 from ..detr.criterion import ClassLoss, FocalClassLoss, Matched, QualityFocalClassLoss
 from ..detr.denoising import dn_positive_indices
 from ..losses import F32_EPS

@@ -83,14 +83,15 @@ def fcos_official(ckpt: dict, args: dict, strict: bool, ema: bool, source: str) 
 
 def mmdet_atss_official(ckpt: dict, args: dict, strict: bool, ema: bool, source: str) -> Detector:
     from .mmdet_atss import convert
-    from .mmdet_faster_rcnn import mmdet_config
+    from .mmdet import mmdet_config
 
     _entry(ckpt, "state_dict", source, "mmdet checkpoints are {'meta': {..., 'config': ...}, 'state_dict': ...}")
     return convert(ckpt, mmdet_config(ckpt, args), strict=strict)
 
 
 def mmdet_faster_rcnn_official(ckpt: dict, args: dict, strict: bool, ema: bool, source: str) -> Detector:
-    from .mmdet_faster_rcnn import convert, mmdet_config
+    from .mmdet import mmdet_config
+    from .mmdet_faster_rcnn import convert
 
     _entry(ckpt, "state_dict", source, "mmdet checkpoints are {'meta': {..., 'config': ...}, 'state_dict': ...}")
     return convert(ckpt, mmdet_config(ckpt, args), strict=strict)

@@ -14,6 +14,7 @@ its text; else the text in ``meta``, read without executing it) the way the offi
 Key table (official -> codetr; ``qh`` = ``query_head``, ``tr`` = ``query_head.transformer``):
 
     backbone.*                                   -> backbone.body.*  (BN num_batches_tracked dropped)
+    backbone.* (SwinTransformerV1)               -> backbone.*  (``backbones.swin.swin_from_official``)
     neck.*                                       -> neck.*  (same names)
     tr.level_embeds                              -> tr.encoder.level_embed
     tr.encoder.layers.i.attentions.0.*           -> tr.encoder.layers.i.self_attn.*
@@ -40,12 +41,12 @@ from typing import Any
 
 from ..co_detr.co_detr import CoDETR
 from ..co_detr.config import VARIANTS, CoDETRConfig
-from ..backbones import BackboneConfig
+from ..backbones import BackboneConfig, SwinConfig
 from ..dense.atss import official_key_map
 from ..detector import InputSpec
 from .common import Rule, load_mapped, map_keys
 from .mmcv_config import load_config_text
-from .mmdet_faster_rcnn import backbone_from_mmdet, classes_from_meta, input_spec_from_mmdet
+from .mmdet import backbone_from_mmdet, classes_from_meta, input_spec_from_mmdet
 
 
 def official_config(config: dict | None, meta: dict | None) -> dict:
@@ -68,10 +69,27 @@ def _indexed(cfgs: Any, i: int) -> dict | None:
 
 
 def _backbone(cfg: dict) -> tuple[BackboneConfig, list[int]]:
-    """mmdet ``ResNet`` -> (BackboneConfig, stages 1 = C2 .. 4 = C5). Co-DETR picks its stages
-    by ``out_indices`` (Co-Deformable-DETR: C3-C5), which the shared reader does not take."""
+    """mmdet ``ResNet`` or Co-DETR's ``SwinTransformerV1`` -> (BackboneConfig, stages 1 = C2 ..
+    4 = C5). Co-DETR picks its stages by ``out_indices`` (Co-Deformable-DETR: C3-C5)."""
     stages = [int(i) + 1 for i in cfg.get("out_indices", (0, 1, 2, 3))]
+    if cfg.get("type") == "SwinTransformerV1":
+        return _swin(cfg), stages
     return backbone_from_mmdet({**cfg, "out_indices": [0, 1, 2, 3]}), stages
+
+
+def _swin(cfg: dict) -> BackboneConfig:
+    """``SwinTransformerV1`` (patch 4, MLP ratio 4, no absolute positions, patch norm, no frozen
+    stages: every Co-DETR Swin) -> a Swin BackboneConfig; other values are refused."""
+    for key, default in (("patch_size", 4), ("mlp_ratio", 4.0), ("ape", False), ("patch_norm", True),
+                         ("frozen_stages", -1), ("qkv_bias", True), ("qk_scale", None), ("drop_rate", 0.0),
+                         ("attn_drop_rate", 0.0)):
+        if cfg.get(key, default) != default:
+            raise ValueError(f"SwinTransformerV1 {key}={cfg[key]!r} is not supported (only {default!r})")
+    swin = SwinConfig(embed_dims=int(cfg.get("embed_dim", 96)), depths=tuple(cfg.get("depths", (2, 2, 6, 2))),
+                      num_heads=tuple(cfg.get("num_heads", (3, 6, 12, 24))), window_size=int(cfg.get("window_size", 7)),
+                      drop_path_rate=float(cfg.get("drop_path_rate", 0.2)),
+                      with_cp=bool(cfg.get("use_checkpoint", False)))
+    return BackboneConfig(kind="swin", frozen_stages=-1, swin=swin)
 
 
 def _layer_numbers(transformer: dict) -> dict:
@@ -87,7 +105,8 @@ def _layer_numbers(transformer: dict) -> dict:
     return dict(embed_dims=int(enc_attn.get("embed_dims", 256)), num_heads=int(self_attn.get("num_heads", 8)),
                 enc_layers=int(enc["num_layers"]), dec_layers=int(dec["num_layers"]),
                 ffn_dim=int(ffn.get("feedforward_channels", enc_layer.get("feedforward_channels", 1024))),
-                dropout=float(self_attn.get("dropout", 0.0)), enc_points=int(enc_attn.get("num_points", 4)),
+                dropout=float(self_attn.get("dropout", 0.0)), enc_checkpoint_layers=max(int(enc.get("with_cp", -1)), 0),
+                enc_points=int(enc_attn.get("num_points", 4)),
                 dec_points=int(cross_attn.get("num_points", 4)))
 
 
@@ -178,20 +197,24 @@ _FFN = r"ffns\.0\.layers\.(?:0\.0|1)\."
 
 def input_spec(config: dict) -> InputSpec:
     """mmdet's normalisation and test scale (``input_spec_from_mmdet``) with the test pipeline's
-    ``Pad`` divisor (Co-DETR: 1)."""
+    ``Pad`` divisor (Co-DETR: 1), or its square ``size`` (LSJ: 1024 / 1280, a divisor as large
+    as the resized image)."""
     spec = input_spec_from_mmdet(config)
     pipeline = config.get("test_pipeline") or config.get("data", {}).get("test", {}).get("pipeline") or []
     steps = [s for step in pipeline for s in [step, *step.get("transforms", [])]]
-    pads = [int(s["size_divisor"]) for s in steps if s.get("type") == "Pad" and s.get("size_divisor")]
+    pads = [int(s.get("size_divisor") or max(s["size"])) for s in steps
+            if s.get("type") == "Pad" and (s.get("size_divisor") or s.get("size"))]
     return replace(spec, size_divisibility=pads[0]) if pads else spec
 
 
 def key_rules(config: CoDETRConfig) -> list[Rule]:
     """The explicit official -> codetr key table (module docstring) for this architecture."""
     tr = "query_head.transformer."
-    rules: list[Rule] = [
+    rules: list[Rule] = [] if config.backbone.kind == "swin" else [  # Swin: ``convert`` maps its names
         (r"backbone\..*\.num_batches_tracked", None),
         (r"backbone\.(.*)", r"backbone.body.\1"),
+    ]
+    rules += [
         (r"neck\.((convs|extra_convs)\.\d+\.(conv|gn)\.\w+)", r"neck.\1"),
         (_TR + "level_embeds", tr + "encoder.level_embed"),
         (_ENC + r"attentions\.0\.(\w+\.\w+)", tr + r"encoder.layers.\1.self_attn.\2"),
@@ -237,5 +260,18 @@ def convert(ckpt: dict, config: Any = None, strict: bool = True) -> CoDETR:
     model_config = config_from_mmdet(full.get("model", full))
     model = CoDETR(model_config, classes_from_meta(ckpt.get("meta"), model_config.num_classes), input_spec(full))
     mapped, unmapped = map_keys(state, key_rules(model_config))
+    if model_config.backbone.kind == "swin":
+        mapped.update(swin_backbone(state, model))
+        unmapped = [k for k in unmapped if not k.startswith("backbone.")]
     load_mapped(model, mapped, unmapped, "official Co-DETR checkpoint", strict=strict)
     return model
+
+
+def swin_backbone(state: dict, model: CoDETR) -> dict:
+    """The official ``backbone.*`` Swin weights under the model's names (``swin_from_official``:
+    strict, every official name and every model weight accounted for). timm loads here, not on import."""
+    from ..backbones.swin import swin_from_official
+
+    official = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    mapped = swin_from_official(official, model.backbone.state_dict().keys())
+    return {f"backbone.{k}": v for k, v in mapped.items()}

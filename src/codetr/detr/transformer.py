@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..boxes import inverse_sigmoid
 from ..nn import LevelLayout, MultiScaleDeformableAttention, sine_embed
@@ -127,7 +128,11 @@ class EncoderLayer(nn.Module):
 
 class DeformableEncoder(nn.Module):
     """Flattens the levels, adds a learned embedding per level to the position encodings and
-    runs the encoder layers (shared by Deformable DETR and DINO)."""
+    runs the encoder layers (shared by Deformable DETR and DINO).
+
+    ``checkpoint_layers``: the first this many layers keep no activations in training; the
+    backward pass recomputes them (Co-DETR's ``with_cp``: memory only, the same values and
+    gradients). A plain attribute, 0 here, no weights: an owner sets it after construction."""
 
     def __init__(self, dim: int, ffn_dim: int, dropout: float, num_levels: int, num_heads: int,
                  num_points: int, num_layers: int) -> None:
@@ -135,6 +140,7 @@ class DeformableEncoder(nn.Module):
         self.layers = nn.ModuleList(EncoderLayer(dim, ffn_dim, dropout, num_levels, num_heads, num_points)
                                     for _ in range(num_layers))
         self.level_embed = nn.Parameter(torch.empty(num_levels, dim))
+        self.checkpoint_layers = 0
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -150,8 +156,12 @@ class DeformableEncoder(nn.Module):
                                for lvl, p in enumerate(pos)], 1)                      # [B, S, C]
         ratios = torch.stack([valid_ratios(m) for m in masks], 1)                    # [B, L, 2]
         refs = encoder_reference_points(levels, ratios)                              # [B, S, L, 2]
-        for layer in self.layers:
-            src = layer(src, level_pos, refs, levels, mask)
+        recompute = self.training and torch.is_grad_enabled()
+        for i, layer in enumerate(self.layers):
+            if recompute and i < self.checkpoint_layers:
+                src = checkpoint(layer, src, level_pos, refs, levels, mask, use_reentrant=False)
+            else:
+                src = layer(src, level_pos, refs, levels, mask)
         return EncoderOutput(src, mask, levels, ratios)
 
 
