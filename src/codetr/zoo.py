@@ -270,13 +270,12 @@ CO_DETR_LSJ_INPUT = replace(mmdet_input_spec(1024, 1024), size_divisibility=1024
 # ``co_deformable_detr_r50_1x_coco.py``: C3-C5 + one extra level, 300 queries, focal loss x2,
 # sine positions offset -0.5 (codetr 0.5) at temperature 10000, top-100 without NMS
 CO_DEFORMABLE_DETR = CoDETRConfig(
-    variant="deformable", backbone_stages=[2, 3, 4], neck_in_channels=[512, 1024, 2048], num_levels=4,
+    variant="deformable", backbone_stages=[2, 3, 4], num_levels=4,
     enc_checkpoint_layers=0, num_queries=300, pe_temperature=10000.0, pe_offset=0.5, with_coord_feat=True,
     dn_box_noise=0.4, cls_loss="focal", cls_weight=2.0, max_per_img=100, nms=None)
 # ``co_dino_5scale_swin_large_1x_coco.py``: Swin-L (22k, 384) instead of R50, encoder with_cp 6
 SWIN_L = BackboneConfig(kind="swin", frozen_stages=-1, swin=SwinConfig())
-CO_DINO_SWIN_L = CoDETRConfig(backbone=SWIN_L, neck_in_channels=[192 * 2 ** i for i in range(4)],
-                              enc_checkpoint_layers=6)
+CO_DINO_SWIN_L = CoDETRConfig(backbone=SWIN_L, enc_checkpoint_layers=6)
 
 
 def _co_detr(classes: ClassInfo, base: CoDETRConfig, spec: InputSpec, overrides: dict, **aux: Any) -> Detector:
@@ -332,7 +331,7 @@ def co_dino_tiny(classes: ClassInfo, **overrides: Any) -> Detector:
     112 at the same strides): trains from scratch on CPU. No soft-NMS (top 100 as dino_tiny), no
     activation checkpointing."""
     base = CoDETRConfig(
-        backbone=TINY_BACKBONE, backbone_stages=[2, 3, 4], neck_in_channels=[64, 128, 256], num_levels=4,
+        backbone=TINY_BACKBONE, backbone_stages=[2, 3, 4], num_levels=4,
         embed_dims=128, pe_num_feats=64, num_heads=4, enc_layers=2, dec_layers=3, ffn_dim=512,
         enc_checkpoint_layers=0, num_queries=100, dn_num_queries=50, max_per_img=100, nms=None)
     return _co_detr(classes, base, replace(TINY_INPUT), overrides, fc_channels=256, finest_scale=56.0)

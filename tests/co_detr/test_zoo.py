@@ -34,7 +34,7 @@ def test_swin_l_entries_have_the_official_structure(name: str):
     with torch.device("meta"):
         model = codetr.create(name, num_classes=80)
     c = model.config
-    assert model.backbone.out_channels == [192, 384, 768, 1536] == c.neck_in_channels
+    assert model.backbone.out_channels == [192, 384, 768, 1536]
     assert (c.num_queries, c.num_co_heads, c.enc_checkpoint_layers, c.nms) == (900, 2, 6, {"type": "soft_nms",
                                                                                             "iou_threshold": 0.8})
     assert c.backbone.swin.drop_path_rate == (0.5 if "lsj" in name else 0.3) and c.with_attn_mask == ("lsj" not in name)

@@ -15,14 +15,6 @@ from ..rcnn.rpn import rpn_from_mmdet
 from ..sampling import AssignSampleConfig
 
 
-def proposal_config(cfg: dict) -> ProposalConfig:
-    """mmdet ``rpn_proposal`` / ``test_cfg.rpn`` -> ProposalConfig (plain NMS only)."""
-    if cfg["nms"]["type"] != "nms":
-        raise ValueError(f"RPN proposals use plain NMS, got {cfg['nms']['type']}")
-    return ProposalConfig(int(cfg["nms_pre"]), int(cfg["max_per_img"]), float(cfg["nms"]["iou_threshold"]),
-                          float(cfg.get("min_bbox_size", 0)))
-
-
 class AuxHeads(nn.Module):
     """The RPN (shared by every RoI head), the RoI heads and the ATSS heads, with their
     train / test numbers. Module names: ``rpn_head``, ``roi_head.i``, ``bbox_head.j`` (official)."""
@@ -31,8 +23,8 @@ class AuxHeads(nn.Module):
         super().__init__()
         self.rpn_head = rpn_from_mmdet(rpn["head"]) if rpn else None
         self.rpn_train = AssignSampleConfig.from_mmdet(rpn["train"]) if rpn and rpn.get("train") else None
-        self.rpn_proposal = proposal_config(rpn["proposal"]) if rpn and rpn.get("proposal") else None
-        self.rpn_test = proposal_config(rpn["test"]) if rpn else None
+        self.rpn_proposal = ProposalConfig.from_mmdet(rpn["proposal"]) if rpn and rpn.get("proposal") else None
+        self.rpn_test = ProposalConfig.from_mmdet(rpn["test"]) if rpn else None
         self.roi_head = nn.ModuleList(roi_head_from_mmdet(r["head"], r["train"], r["test"]) for r in roi_heads)
         self.bbox_head = nn.ModuleList(atss_head_from_mmdet(a["head"], a["train"], a["test"]) for a in atss_heads)
         if len(self.roi_head) and self.rpn_head is None:

@@ -25,7 +25,6 @@ class CoDETRConfig:
     num_classes: int = 80
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     backbone_stages: list[int] = field(default_factory=lambda: [1, 2, 3, 4])  # 1 = C2 .. 4 = C5
-    neck_in_channels: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048])
     neck_kernel_size: int = 1
     num_levels: int = 5          # neck outputs = encoder levels (plus one ``downsample`` level for the aux heads)
     embed_dims: int = 256

@@ -74,7 +74,7 @@ def _backbone(cfg: dict) -> tuple[BackboneConfig, list[int]]:
     stages = [int(i) + 1 for i in cfg.get("out_indices", (0, 1, 2, 3))]
     if cfg.get("type") == "SwinTransformerV1":
         return _swin(cfg), stages
-    return backbone_from_mmdet({**cfg, "out_indices": [0, 1, 2, 3]}), stages
+    return backbone_from_mmdet(cfg, out_indices=None), stages
 
 
 def _swin(cfg: dict) -> BackboneConfig:
@@ -183,8 +183,7 @@ def config_from_mmdet(model: dict) -> CoDETRConfig:
     head = _query_head(model["query_head"], _indexed(train_cfg, 0), _indexed(test_cfg, 0))
     if head["num_levels"] != neck.get("num_outs", len(neck["in_channels"])):
         raise ValueError(f"the neck gives {neck.get('num_outs')} levels, the transformer expects {head['num_levels']}")
-    return CoDETRConfig(backbone=backbone, backbone_stages=stages, neck_in_channels=list(neck["in_channels"]),
-                        neck_kernel_size=int(neck.get("kernel_size", 3)), **head,
+    return CoDETRConfig(backbone=backbone, backbone_stages=stages, neck_kernel_size=int(neck.get("kernel_size", 3)), **head,
                         **_aux_heads(model, train_cfg, test_cfg),
                         eval_module=model.get("eval_module", "detr"), eval_index=int(model.get("eval_index", 0)),
                         with_attn_mask=bool(model.get("with_attn_mask", True)))
@@ -257,8 +256,12 @@ def convert(ckpt: dict, config: Any = None, strict: bool = True) -> CoDETR:
         raise ValueError("not an official Co-DETR checkpoint: expected {'meta', 'state_dict'} with "
                          f"'query_head.transformer.*' keys (keys: {', '.join(list(state or ckpt)[:5])})")
     full = official_config(config, ckpt.get("meta"))
-    model_config = config_from_mmdet(full.get("model", full))
+    model_dict = full.get("model", full)
+    model_config = config_from_mmdet(model_dict)
     model = CoDETR(model_config, classes_from_meta(ckpt.get("meta"), model_config.num_classes), input_spec(full))
+    if list(model_dict["neck"]["in_channels"]) != list(model.backbone.out_channels):
+        raise ValueError(f"neck.in_channels {model_dict['neck']['in_channels']} do not match the backbone's output "
+                         f"channels {model.backbone.out_channels}")
     mapped, unmapped = map_keys(state, key_rules(model_config))
     if model_config.backbone.kind == "swin":
         mapped.update(swin_backbone(state, model))
