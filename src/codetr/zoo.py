@@ -328,10 +328,14 @@ def co_dino_tiny(classes: ClassInfo, **overrides: Any) -> Detector:
     2 + 3 layers, 100 queries, ~128 px images) with 4 levels (C3-C5 + one), about 100 denoising
     queries as dino_tiny, and the official auxiliary heads at that width (RPN / ATSS towers 128-d)
     with a 256-d RoI head whose level rule is halved (finest_scale 56 for Co-Deformable-DETR's
-    112 at the same strides): trains from scratch on CPU. No soft-NMS (top 100 as dino_tiny), no
+    112 at the same strides), trained on 128 sampled RoIs per image from 300 proposals (1000 per
+    level before NMS) with 2 x 2 RoIAlign points per bin (the official numbers cost 4x a
+    dino_tiny step, a third of it in the RoIAlign backward; see benchmarks/RESULTS.md): trains
+    from scratch on CPU. No soft-NMS (top 100 as dino_tiny), no
     activation checkpointing."""
     base = CoDETRConfig(
         backbone=TINY_BACKBONE, backbone_stages=[2, 3, 4], num_levels=4,
         embed_dims=128, pe_num_feats=64, num_heads=4, enc_layers=2, dec_layers=3, ffn_dim=512,
         enc_checkpoint_layers=0, num_queries=100, dn_num_queries=50, max_per_img=100, nms=None)
-    return _co_detr(classes, base, replace(TINY_INPUT), overrides, fc_channels=256, finest_scale=56.0)
+    return _co_detr(classes, base, replace(TINY_INPUT), overrides, fc_channels=256, finest_scale=56.0,
+                    rois_per_image=128, train_proposals=300, train_nms_pre=1000, roi_sampling_ratio=2)

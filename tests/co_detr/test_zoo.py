@@ -46,7 +46,10 @@ def test_overrides_reach_the_auxiliary_heads():
     c = model.config
     assert c.roi_heads[0]["head"]["bbox_head"]["num_classes"] == 5 and c.atss_heads[0]["head"]["in_channels"] == 64
     assert c == codetr.create("co_dino_tiny", num_classes=5, embed_dims=64, pe_num_feats=32,
-                              **official_aux_heads(c, fc_channels=256, finest_scale=56.0)).config
+                              **official_aux_heads(c, fc_channels=256, finest_scale=56.0, rois_per_image=128,
+                                                                  train_proposals=300, train_nms_pre=1000,
+                                                                  roi_sampling_ratio=2)).config
+    assert c.roi_heads[0]["train"]["sampler"]["num"] == 128 and c.rpn["proposal"]["max_per_img"] == 300
     assert c.rpn["head"]["anchor_generator"]["strides"] == [8, 16, 32, 64, 128]
 
 
