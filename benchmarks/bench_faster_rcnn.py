@@ -10,9 +10,11 @@ neither resizes (torchvision's transform keeps 800 x 1333; both pad to a multipl
 Phases (one warm-up, then ``--iters`` timed repetitions, medians; the order of the two models
 alternates from one repetition to the next so that a slow spell hits both):
 
-* ``inference``: eval mode, ``no_grad``, raw image -> detections (codetr: forward +
-  postprocess; torchvision: ``model(images)``, which includes its normalisation);
-* ``train``: forward + losses on ``--boxes`` random boxes per image + backward + SGD step.
+* ``inference``: eval mode, ``no_grad``, raw image -> detections (codetr: ``model.detect``, the
+  path of ``codetr eval`` and ``predict``, which runs NHWC on CPU; torchvision: ``model(images)``,
+  which includes its normalisation);
+* ``train``: forward + losses on ``--boxes`` random boxes per image + backward + SGD step (codetr
+  in the memory format of its recipe's ``train.channels_last``, as ``codetr train``).
 
 Shares of each inference and train step, timed with wall-clock wrappers (forward only):
 RoI extraction (codetr ``RoIExtractor.forward``; torchvision ``MultiScaleRoIAlign.forward``) and
@@ -42,6 +44,7 @@ from torchvision.ops import MultiScaleRoIAlign, boxes as tv_box_ops
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 import codetr
+from codetr.recipes import recipe
 import codetr.ops.nms as codetr_nms
 import codetr.rcnn.rpn as codetr_rpn
 from codetr.rcnn.roi_extractor import RoIExtractor
@@ -118,16 +121,19 @@ def codetr_runner(images: torch.Tensor, targets: list[Target]) -> Runner:
     spec = model.input_spec
     normed = torch.stack([spec.normalize(im * 255) for im in images])   # the model's preprocessing
     sizes = torch.tensor([list(images.shape[-2:])] * len(images))
+    orig_sizes = [tuple(images.shape[-2:])] * len(images)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+    # as `codetr train` does with the recipe's train.channels_last
+    layout = torch.channels_last if recipe("faster_rcnn_r50_fpn_1x").train.channels_last else torch.contiguous_format
+    model.to(memory_format=layout)
+    train_images = normed.contiguous(memory_format=layout)
 
-    def infer() -> None:
-        model.eval()
-        with torch.no_grad():
-            model.postprocess(model(normed, sizes), sizes)
+    def infer() -> None:   # what `codetr eval` / `predict` run: forward + postprocess + rescale
+        model.detect(normed, sizes, orig_sizes)
 
     def step() -> None:
         model.train()
-        model(normed, sizes, targets).total().backward()
+        model(train_images, sizes, targets).total().backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

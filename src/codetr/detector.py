@@ -142,6 +142,8 @@ class Detector(nn.Module):
         """Eval forward + postprocess, boxes rescaled from ``sizes`` to ``orig_sizes``."""
         was_training = self.training
         self.eval()
+        if images.device.type == "cpu":  # oneDNN convolutions are faster in NHWC (~20% for an R50-FPN)
+            images = images.contiguous(memory_format=torch.channels_last)
         try:
             dets = self.postprocess(self(images, sizes), sizes)
         finally:

@@ -102,10 +102,11 @@ def official_mmdet_1x(name: str) -> RunConfig:
     (SGD LR 0.02 for Faster R-CNN, 0.01 for ATSS, at batch 16, momentum 0.9, weight decay 1e-4,
     500-iteration warmup, LR x0.1 at epochs 8 and 11, 1333 x 800 + flip, no gradient clipping)
     with the engine's AdamW, which has no SGD: LR 1e-4 with the backbone at 0.1x as the other
-    official recipes, one drop at epoch 8 (the engine's step schedule drops once)."""
+    official recipes, one drop at epoch 8 (the engine's step schedule drops once). NHWC
+    convolutions (``channels_last``): faster on CPU and with tensor cores."""
     data = DataConfig(train_scales=[800], max_size=1333, crop=False)
     train = TrainConfig(epochs=12, batch_size=2, lr=1e-4, weight_decay=1e-4, lr_drop=8, warmup_iters=500,
-                        lr_multipliers={"backbone": 0.1}, clip_max_norm=0)
+                        lr_multipliers={"backbone": 0.1}, clip_max_norm=0, channels_last=True)
     return RunConfig(model=name, out_dir=f"runs/{name}", data=data, train=train)
 
 

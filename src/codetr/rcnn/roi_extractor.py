@@ -68,7 +68,7 @@ class RoIExtractor(nn.Module):
     def pool(self, feat: Tensor, rois: Tensor, stride: int) -> Tensor:
         """RoIAlign of rois [n, 5] on one map [B, C, H, W] -> [n, C, S, S], in float32 (mmdet's
         ``force_fp32``: low-precision box coordinates would move the sampling points)."""
-        feat, rois = feat.float(), rois.float()
+        feat, rois = feat.float().contiguous(), rois.float()  # the kernel reads NCHW: one copy, not one per thread
         workers = min(torch.get_num_threads(), len(rois) // MIN_ROIS_PER_THREAD)
         if feat.device.type != "cpu" or workers < 2:
             return self._roi_align(feat, rois, stride, torch.is_grad_enabled())
