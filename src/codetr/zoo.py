@@ -326,16 +326,13 @@ def co_dino_5scale_swin_l_lsj_3x(classes: ClassInfo, **overrides: Any) -> Detect
 def co_dino_tiny(classes: ClassInfo, **overrides: Any) -> Detector:
     """Co-DINO on dino_tiny's network (half-width ResNet-18 with trainable BN, 128-d, 4 heads,
     2 + 3 layers, 100 queries, ~128 px images) with 4 levels (C3-C5 + one), about 100 denoising
-    queries as dino_tiny, and the official auxiliary heads at that width (RPN / ATSS towers 128-d)
-    with a 256-d RoI head whose level rule is halved (finest_scale 56 for Co-Deformable-DETR's
-    112 at the same strides), trained on 128 sampled RoIs per image from 300 proposals (1000 per
-    level before NMS) with 2 x 2 RoIAlign points per bin (the official numbers cost 4x a
-    dino_tiny step, a third of it in the RoIAlign backward; see benchmarks/RESULTS.md): trains
-    from scratch on CPU. No soft-NMS (top 100 as dino_tiny), no
-    activation checkpointing."""
+    queries as dino_tiny, and ONE auxiliary head: the official ATSS head at that width (towers
+    128-d) with its positive-query group (the paper's K = 1 ablation). The RPN + RoI branch made
+    a step cost 2.4x a dino_tiny step even when cut down (128 RoIs, 2 x 2 RoIAlign points); the
+    ATSS head alone costs 1.3x (benchmarks/RESULTS.md). Trains from scratch on CPU. No soft-NMS
+    (top 100 as dino_tiny), no activation checkpointing."""
     base = CoDETRConfig(
         backbone=TINY_BACKBONE, backbone_stages=[2, 3, 4], num_levels=4,
         embed_dims=128, pe_num_feats=64, num_heads=4, enc_layers=2, dec_layers=3, ffn_dim=512,
-        enc_checkpoint_layers=0, num_queries=100, dn_num_queries=50, max_per_img=100, nms=None)
-    return _co_detr(classes, base, replace(TINY_INPUT), overrides, fc_channels=256, finest_scale=56.0,
-                    rois_per_image=128, train_proposals=300, train_nms_pre=1000, roi_sampling_ratio=2)
+        enc_checkpoint_layers=0, num_queries=100, dn_num_queries=50, max_per_img=100, nms=None, num_co_heads=1)
+    return _co_detr(classes, base, replace(TINY_INPUT), overrides, with_roi=False)

@@ -3,6 +3,8 @@ both Swin-L entries, ~235M parameters, also checked for structure on the meta de
 the auxiliary heads sized to overrides, and encoder activation checkpointing (``with_cp``)."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -42,15 +44,23 @@ def test_swin_l_entries_have_the_official_structure(name: str):
 
 
 def test_overrides_reach_the_auxiliary_heads():
-    model = codetr.create("co_dino_tiny", num_classes=5, embed_dims=64, pe_num_feats=32)
+    with torch.device("meta"):
+        model = codetr.create("co_dino_5scale_r50_1x", num_classes=5, embed_dims=64, pe_num_feats=32, num_levels=4)
     c = model.config
     assert c.roi_heads[0]["head"]["bbox_head"]["num_classes"] == 5 and c.atss_heads[0]["head"]["in_channels"] == 64
-    assert c == codetr.create("co_dino_tiny", num_classes=5, embed_dims=64, pe_num_feats=32,
-                              **official_aux_heads(c, fc_channels=256, finest_scale=56.0, rois_per_image=128,
-                                                                  train_proposals=300, train_nms_pre=1000,
-                                                                  roi_sampling_ratio=2)).config
-    assert c.roi_heads[0]["train"]["sampler"]["num"] == 128 and c.rpn["proposal"]["max_per_img"] == 300
-    assert c.rpn["head"]["anchor_generator"]["strides"] == [8, 16, 32, 64, 128]
+    assert c.rpn["head"]["anchor_generator"]["strides"] == [4, 8, 16, 32, 64]
+    assert c == replace(c, **official_aux_heads(c))
+    assert c.roi_heads[0]["train"]["sampler"]["num"] == 512 and c.rpn["proposal"]["max_per_img"] == 1000
+
+
+def test_tiny_co_dino_trains_with_the_atss_head_alone():
+    """co_dino_tiny: one auxiliary head (ATSS) and one positive-query group, sized to overrides."""
+    model = codetr.create("co_dino_tiny", num_classes=5, embed_dims=64, pe_num_feats=32)
+    c = model.config
+    assert (c.rpn, c.roi_heads, c.num_co_heads) == (None, [], 1) and model.aux_heads.rpn_head is None
+    assert c.atss_heads[0]["head"]["num_classes"] == 5 and c.atss_heads[0]["head"]["in_channels"] == 64
+    assert c.atss_heads[0]["head"]["anchor_generator"]["strides"] == [8, 16, 32, 64, 128]
+    assert c == replace(c, **official_aux_heads(c, with_roi=False))
 
 
 def test_encoder_checkpointing_gives_the_same_outputs_and_gradients():

@@ -97,7 +97,7 @@ class CoDETRConfig:
 
 def official_aux_heads(c: CoDETRConfig, lambda_2: float = 2.0, fc_channels: int = 1024,
                        finest_scale: float = 56.0, rois_per_image: int = 512, train_proposals: int = 1000,
-                       train_nms_pre: int = 4000, roi_sampling_ratio: int = 0) -> dict:
+                       train_nms_pre: int = 4000, roi_sampling_ratio: int = 0, with_roi: bool = True) -> dict:
     """The ``rpn``, ``roi_heads`` and ``atss_heads`` of the official configs
     (``co_dino_5scale_r50_1x_coco.py``, ``co_deformable_detr_r50_1x_coco.py``: one RPN + RoI head,
     one ATSS head), sized to ``c``: its classes, ``embed_dims`` channels, the strides of the query
@@ -105,10 +105,13 @@ def official_aux_heads(c: CoDETRConfig, lambda_2: float = 2.0, fc_channels: int 
     lambda_2``). ``fc_channels``: the RoI head's two FCs; ``finest_scale``: its level rule. The
     last four (official: 512, 1000, 4000, 0 = adaptive) size the RoI branch's training cost: RoIs
     sampled per image, proposals kept after the RPN's NMS and taken into it per level, RoIAlign
-    points per bin and axis."""
+    points per bin and axis. ``with_roi=False``: the ATSS head alone (no RPN / RoI head; the
+    paper's K = 1 ablation), for ``num_co_heads=1``."""
     stride0 = 2 ** (min(c.backbone_stages) + 1)                          # stage 1 (C2) has stride 4
     strides = [stride0 * 2 ** i for i in range(c.num_levels + 1)]
     w = c.dec_layers * lambda_2
+    if not with_roi:
+        return {"rpn": None, "roi_heads": [], "atss_heads": [_atss(c, strides, w)]}
     rpn = _rpn(c.embed_dims, strides, w)
     rpn["proposal"].update(nms_pre=train_nms_pre, max_per_img=train_proposals)
     roi = _roi(c, strides[:-1], w, fc_channels, finest_scale)
