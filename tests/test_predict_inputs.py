@@ -1,6 +1,8 @@
 """``model.predict`` inputs: documented dtypes and ranges map to the same pixels, the rest is
 refused in one line; bad calls and oversized files fail clearly; ``predict_files`` skips
-unreadable files and still writes predictions.json."""
+unreadable files and still writes predictions.json, finds files in folders and glob patterns;
+``codetr predict`` / ``eval`` --device, --batch-size, --force; the drawings' class colours and
+labels."""
 import json
 import logging
 
@@ -13,8 +15,9 @@ import codetr
 from codetr.api import save
 from codetr.cli import main
 from codetr.engine import predict as predict_module
-from codetr.engine.predict import predict_files
+from codetr.engine.predict import class_color, draw, find_inputs, predict_files, text_color
 from codetr.images import load_rgb
+from codetr.structures import ClassInfo, Detections
 
 # 50 x 50 px > 2 x BOMB_LIMIT: DecompressionBombError; PIL's default font (drawings) stays under it
 BOMB_LIMIT = 600
@@ -108,8 +111,8 @@ def write_folder(folder):
 def test_predict_files_skips_unreadable_images(model, tmp_path, monkeypatch, caplog):
     folder = write_folder(tmp_path / "in")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", BOMB_LIMIT)
-    listing = predict_module.find_images
-    monkeypatch.setattr(predict_module, "find_images", lambda inputs: listing(inputs) + [folder / "gone.png"])
+    listing = predict_module.find_inputs
+    monkeypatch.setattr(predict_module, "find_inputs", lambda inputs: listing(inputs) + [folder / "gone.png"])
     out = tmp_path / "out"
     with caplog.at_level(logging.WARNING, logger="codetr.engine.predict"):
         path = predict_files(model, [folder], out, score_threshold=0.0, batch_size=2)
@@ -121,7 +124,7 @@ def test_predict_files_skips_unreadable_images(model, tmp_path, monkeypatch, cap
     assert all(len(line.split("\t")) == 2 for line in skipped)
     for name in ("big.png", "corrupt.jpg", "gone.png"):
         assert any(name in r.message and r.levelno == logging.WARNING for r in caplog.records)
-    assert "skipped 3 of 4 images" in caplog.text
+    assert "skipped 3 of 4 files" in caplog.text
 
     monkeypatch.undo()   # a clean rerun leaves no stale list
     predict_files(model, [folder / "good.png"], out)
@@ -136,3 +139,134 @@ def test_cli_predict_skips_unreadable_images(model, tmp_path, monkeypatch):
     assert main(["predict", str(tmp_path / "m.ckpt"), str(folder), "--out", str(out)]) == 0
     assert isinstance(json.loads((out / "predictions.json").read_text()), list)
     assert len((out / "skipped.txt").read_text().splitlines()) == 2
+
+
+@pytest.fixture
+def checkpoint(model, tmp_path):
+    save(model, tmp_path / "m.ckpt", model_name="fcos_tiny")
+    return tmp_path / "m.ckpt"
+
+
+def write_tree(root):
+    """root/{a,b}/val/x.jpg, root/b/val/y.png, root/b/train/z.jpg and a text file."""
+    for rel in ("a/val/x.jpg", "b/val/x.jpg", "b/val/y.png", "b/train/z.jpg"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(PIXELS).save(root / rel)
+    (root / "a" / "val" / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_glob_patterns_and_folders_find_the_media_files(tmp_path):
+    root = write_tree(tmp_path / "data")
+    relative = lambda paths: [p.relative_to(root).as_posix() for p in paths]
+    assert relative(find_inputs([f"{root}/*/val/*.jpg"])) == ["a/val/x.jpg", "b/val/x.jpg"]
+    assert relative(find_inputs([f"{root}/**/*.jpg"])) == ["a/val/x.jpg", "b/train/z.jpg", "b/val/x.jpg"]
+    assert relative(find_inputs([f"{root}/b/*"])) == ["b/train/z.jpg", "b/val/x.jpg", "b/val/y.png"]
+    assert relative(find_inputs([root / "b" / "val", root / "b" / "val" / "y.png", f"{root}/b/*/y.*"])) == [
+        "b/val/x.jpg", "b/val/y.png"]   # each file once
+    with pytest.raises(FileNotFoundError, match=r"no file matches .*\*\.gif"):
+        find_inputs([f"{root}/*/*.gif"])
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        find_inputs([root / "nowhere"])
+
+
+def test_files_of_several_folders_keep_their_folders(model, tmp_path):
+    root = write_tree(tmp_path / "data")
+    path = predict_files(model, [f"{root}/*/val/*.jpg"], tmp_path / "out", score_threshold=0.0)
+    assert {r["file_name"] for r in json.loads(path.read_text())} == {"a/val/x.jpg", "b/val/x.jpg"}
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png")) == [
+        "a/val/x.png", "b/val/x.png"]
+
+
+def test_two_files_drawn_to_one_name_are_refused(model, tmp_path):
+    Image.fromarray(PIXELS).save(tmp_path / "x.jpg")
+    Image.fromarray(PIXELS).save(tmp_path / "x.png")
+    with pytest.raises(ValueError, match=r"x\.png.*x\.jpg.*'x\.png'") as info:
+        predict_files(model, [tmp_path], tmp_path / "out")
+    assert "\n" not in str(info.value) and not (tmp_path / "out").exists()
+
+
+def error_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+
+
+def test_cli_device_batch_size_and_force(model, checkpoint, tmp_path, caplog):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.roll(PIXELS, i, axis=1)).save(folder / f"{i}.png")
+    out = tmp_path / "out"
+    assert main(["predict", str(checkpoint), str(folder), "--out", str(out), "--device", "cpu",
+                 "--batch-size", "2", "--score-threshold", "0"]) == 0
+    records = json.loads((out / "predictions.json").read_text())
+    expected = [r for i, det in enumerate(model.predict(sorted(folder.iterdir()), batch_size=2))
+                for r in predict_module.detection_records(f"{i}.png", det, model.classes)]
+    assert records and records == json.loads(json.dumps(expected))
+
+    before = (out / "predictions.json").read_bytes()
+    assert main(["predict", str(checkpoint), str(folder / "0.png"), "--out", str(out)]) == 2
+    assert error_lines(caplog) == [f"folder {str(out)!r} is not empty; pass --force to write into it"]
+    assert (out / "predictions.json").read_bytes() == before   # refused: nothing overwritten
+    assert main(["predict", str(checkpoint), str(folder / "0.png"), "--out", str(out), "--force",
+                 "--score-threshold", "0"]) == 0
+    assert {r["file_name"] for r in json.loads((out / "predictions.json").read_text())} == {"0.png"}
+
+    caplog.clear()
+    assert main(["predict", str(checkpoint), str(folder), "--out", str(tmp_path / "o2"), "--batch-size", "0"]) == 2
+    assert error_lines(caplog) == ["--batch-size must be >= 1, got 0"]
+
+
+@pytest.mark.parametrize("command", ["predict", "eval"])
+@pytest.mark.parametrize("device, message", [
+    ("cuda", "--device='cuda', but torch sees no CUDA GPU on this machine (use --device=cpu or auto)"),
+    ("gpu", "--device must be 'auto' or a torch device such as 'cpu', 'cuda' or 'cuda:1', got 'gpu'"),
+])
+def test_cli_unavailable_device_is_one_line(checkpoint, tmp_path, monkeypatch, caplog, command, device, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    where = [str(tmp_path / "in.png"), "--out", str(tmp_path / "out")] if command == "predict" else [
+        "--data", str(tmp_path)]
+    assert main([command, str(checkpoint), *where, "--device", device]) == 2
+    assert error_lines(caplog) == [message]
+    assert not (tmp_path / "out").exists()
+
+
+def test_class_colours_are_fixed_and_distinct():
+    colors = [class_color(label) for label in range(80)]
+    assert colors == [class_color(label) for label in range(80)]
+    assert len(set(colors)) == 80
+    distance = lambda a, b: float(np.linalg.norm(np.subtract(a, b)))
+    assert min(distance(colors[i], colors[i + 1]) for i in range(79)) > 150   # neighbours far apart
+    assert min(distance(a, b) for i, a in enumerate(colors[:10]) for b in colors[i + 1:10]) > 50
+
+
+GRAY = (120, 120, 120)
+
+
+def drawn(height: int, width: int, boxes: list[list[float]], labels: list[int]) -> np.ndarray:
+    image = torch.tensor(GRAY, dtype=torch.uint8)[:, None, None].expand(3, height, width).contiguous()
+    det = Detections(torch.tensor(boxes), torch.full((len(boxes),), 0.5), torch.tensor(labels))
+    classes = ClassInfo([1, 2, 3, 4, 5, 6], ["a", "b", "c", "d", "e", "f"])
+    return np.asarray(draw(image, det, classes))
+
+
+def test_boxes_and_labels_are_drawn_in_the_class_colour():
+    pixels = drawn(160, 200, [[40, 60, 150, 140], [20, 0, 90, 50]], [1, 4])
+    color = class_color(1)
+    assert (pixels[100, 40] == color).all() and (pixels[100, 150] == color).all()   # box sides
+    assert (pixels[100, 41:149] == GRAY).all()   # not filled
+    # the label sits on the box: a filled band of the class colour with text of the contrast colour
+    assert (pixels[59, 40:55] == color).all()
+    label = pixels[44:59, 40:60]
+    assert (label == color).all(axis=-1).mean() > 0.5
+    text = np.abs(label.astype(int) - text_color(color)).sum(axis=-1) < 60
+    assert text.sum() >= 10
+    # no room above the second box (it touches the top): its label hangs inside it
+    assert (pixels[3, 22:30] == class_color(4)).all() and (pixels[25, 22:30] == GRAY).all()
+
+
+def test_line_width_grows_with_the_image():
+    def width(size: int) -> int:
+        pixels = drawn(size, size, [[size / 4, size / 4, 3 * size / 4, 3 * size / 4]], [2])
+        row = pixels[size * 2 // 3, size // 4:size // 2]   # below the label
+        return int((row == class_color(2)).all(axis=-1).sum())
+    assert width(64) == 1 and width(640) < width(1600)

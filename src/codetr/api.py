@@ -21,6 +21,15 @@ MODEL_KEYS = ("family", "model_config", "classes", "input_spec", "model")  # wri
 def build_from_state(state: dict, source: str = "checkpoint") -> Detector:
     """Rebuild a model from the ``model_state`` part of a checkpoint and load its weights.
     A missing or hand-edited part raises a one-line ``CheckpointError`` naming ``source`` and the key."""
+    model = model_from_state(state, source)
+    _load_weights(model, state["model"], source)
+    model.model_name = state.get("model_name", model.family)
+    return model
+
+
+def model_from_state(state: dict, source: str = "checkpoint") -> Detector:
+    """The model the ``model_state`` part of a checkpoint describes, freshly initialised (its
+    weights not loaded); errors as ``build_from_state``."""
     missing = [key for key in MODEL_KEYS if key not in state]
     if missing:
         raise CheckpointError(f"{source}: missing key(s) {missing}; a model checkpoint needs {list(MODEL_KEYS)}")
@@ -34,10 +43,7 @@ def build_from_state(state: dict, source: str = "checkpoint") -> Detector:
     if len(classes) != config.num_classes:
         raise CheckpointError(f"{source}: 'classes' has {len(classes)} categories but model_config.num_classes "
                               f"is {config.num_classes}")
-    model = _parse(source, "model_config", lambda: fam.model(config, classes, spec))
-    _load_weights(model, state["model"], source)
-    model.model_name = state.get("model_name", family)
-    return model
+    return _parse(source, "model_config", lambda: fam.model(config, classes, spec))
 
 
 def _parse(source: str, key: str, build: Callable[[], T]) -> T:

@@ -1,4 +1,4 @@
-"""The ``codetr`` command line: demo, train, eval, predict, convert, data (synth, check, show, import), models."""
+"""The ``codetr`` command line: demo, train, plot, eval, predict, convert, data (synth, check, show, import), models."""
 from __future__ import annotations
 
 import argparse
@@ -10,10 +10,12 @@ EPILOG = """examples:
   codetr data synth data/shapes --train 1000 --val 200
   codetr train deformable_detr_tiny --data data/shapes --out runs/tiny --set train.epochs=12
   codetr train --config runs/tiny/config.json --set train.lr=1e-4   # a saved run's settings, one changed
+  codetr plot runs/tiny                         # runs/tiny/curves.png: loss and AP curves
   codetr eval runs/tiny/last.ckpt --data data/shapes
   codetr data check data/shapes                 # counts, box sizes, problems
   codetr data import yolo datasets/coco8/images/train coco8_train.json
   codetr predict runs/tiny/last.ckpt data/shapes/val --out preds/
+  codetr predict runs/tiny/last.ckpt clip.mp4 "photos/**/*.jpg" --out preds/ --device cpu
   codetr convert deformable_detr r50_deformable_detr-checkpoint.pth ddetr.ckpt
   codetr convert yolact yolact_base_54_800000.pth yolact.ckpt --config yolact_cfg.json
   torchrun --nproc_per_node 2 -m codetr train deformable_detr_tiny --data data/shapes
@@ -23,6 +25,7 @@ EPILOG = """examples:
 CONFIG_HELP = ("run config file, JSON or YAML (YAML needs PyYAML): any --set key as nested keys, e.g. "
                "{\"train\": {\"epochs\": 24}}; a run folder's config.json repeats that run's settings. "
                "--data, --out and --set override it")
+DEVICE_HELP = "auto (default: the GPU when torch sees one, else the CPU), cpu, cuda, cuda:1, mps"
 PROCS_HELP = ("CPU training in this many single-threaded DDP processes (gloo); train.batch_size is per process "
               "(default: the recipe's train.procs, at most one per core). For GPUs use torchrun")
 
@@ -33,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_training_commands(sub)
     _add_model_commands(sub)
+    _add_export_command(sub)
     ds = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     s = ds.add_parser("synth", help="write a synthetic COCO-format shapes dataset")
     s.add_argument("out")
@@ -68,7 +72,16 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
                    help="config overrides: train.epochs=24 train.lr=1e-4 data.train_scales=[96,128] ...")
     t.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="resume from a checkpoint (default: <out>/last.ckpt)")
+    t.add_argument("--init-from", default=None, metavar="CKPT",
+                   help="fine-tune: start from a codetr checkpoint of the same family (a run's, or a `codetr "
+                        "convert` output) trained on other classes (sets train.init_from)")
     t.add_argument("--procs", type=int, default=None, help=PROCS_HELP)
+
+    pl = sub.add_parser("plot", help="draw a run folder's loss and AP curves (from its metrics.jsonl) as a PNG")
+    pl.add_argument("run_dir", metavar="RUN_DIR", help="run folder (holds metrics.jsonl)")
+    pl.add_argument("--out", default=None, metavar="PNG", help="PNG to write (default: RUN_DIR/curves.png, "
+                                                              "redrawn; needs matplotlib)")
+    pl.add_argument("--force", action="store_true", help="overwrite an existing --out")
 
 
 def _add_model_commands(sub: argparse._SubParsersAction) -> None:
@@ -82,16 +95,23 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="data overrides, e.g. "
                    "data.val_ann=ann.json data.val_images=imgs/ (after --config)")
     e.add_argument("--batch-size", type=int, default=4)
+    e.add_argument("--device", default="auto", help=DEVICE_HELP)
     e.add_argument("--results", default=None, help="also write the COCO results json here")
     e.add_argument("--plot", default=None, metavar="PNG", help="precision-recall plot at IoU 0.5, per class and "
                    "all (default: pr_curve.png beside the checkpoint; needs matplotlib)")
     e.add_argument("--force", action="store_true", help="overwrite existing --results / --plot files")
 
-    pr = sub.add_parser("predict", help="detect objects in images; write predictions.json and drawn images")
+    pr = sub.add_parser("predict", help="detect objects in images and videos; write predictions.json and drawings")
     pr.add_argument("checkpoint")
-    pr.add_argument("inputs", nargs="+", help="image files or folders")
-    pr.add_argument("--out", default="predictions", help="output folder")
+    pr.add_argument("inputs", nargs="+", help="image or video (.mp4 .avi .mov .mkv .webm; pip install "
+                    "\"codetr[video]\") files, folders of them, or quoted glob patterns such as "
+                    "'data/*/val/*.jpg' ('**': any depth). A video gives <out>/<name>.mp4 drawn and "
+                    "<out>/<name>.json with per-frame detections")
+    pr.add_argument("--out", default="predictions", help="output folder (default %(default)s)")
+    pr.add_argument("--force", action="store_true", help="write into an --out folder that is not empty")
     pr.add_argument("--score-threshold", type=float, default=0.3)
+    pr.add_argument("--batch-size", type=int, default=4, help="images or frames per forward pass (default %(default)s)")
+    pr.add_argument("--device", default="auto", help=DEVICE_HELP)
 
     c = sub.add_parser("convert", help="official checkpoint -> codetr checkpoint")
     c.add_argument("family", help=", ".join(cli_names()))
@@ -100,6 +120,26 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--config", default=None, help="official config: JSON of official values, or an mmcv .py file "
                    "(Co-DETR, mmdet), if the checkpoint carries none")
     c.add_argument("--ema", action="store_true", help="DINO: convert the EMA weights ('ema_model')")
+
+
+def _add_export_command(sub: argparse._SubParsersAction) -> None:
+    from .export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+
+    x = sub.add_parser("export", help="codetr checkpoint -> ONNX graph (decoded predictions before top-k / NMS), "
+                                      "checked in onnxruntime")
+    x.add_argument("checkpoint")
+    x.add_argument("output", metavar="OUT.onnx")
+    x.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                   help=f"ONNX opset, {MIN_OPSET}-{MAX_OPSET} (default %(default)s)")
+    x.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="input height and width the graph is traced at, and of a --static graph (default: the "
+                        "model's InputSpec min_size x max_size; YOLACT: its max_size square)")
+    shapes = x.add_mutually_exclusive_group()
+    shapes.add_argument("--dynamic", dest="dynamic", action="store_true", default=True,
+                        help="batch, height and width vary where the family allows (default)")
+    shapes.add_argument("--static", dest="dynamic", action="store_false",
+                        help="one image of --size")
+    x.add_argument("--force", action="store_true", help="overwrite an existing OUT.onnx")
 
 
 def _add_data_tools(ds: argparse._SubParsersAction) -> None:

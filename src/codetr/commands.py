@@ -69,6 +69,8 @@ def train(args: Namespace) -> int:
         if str(out) != cfg.out_dir:
             log.info("%s run folder: %s", "resuming the latest" if args.resume else "a new", out)
     cfg = replace(cfg, data=replace(cfg.data, path=args.data) if args.data else cfg.data, out_dir=str(out))
+    if args.init_from:  # sugar for train.init_from
+        cfg = replace(cfg, train=replace(cfg.train, init_from=args.init_from))
     _require_data(cfg.data, "train")
     train_in_processes(cfg, args.procs, resume=args.resume)
     return 0
@@ -85,17 +87,21 @@ def run(cfg, resume: str | None = None):
     """Build datasets and model from a RunConfig and train it; returns the Trainer."""
     from .engine.trainer import train as train_loop
 
-    model, train_ds, val_ds = build_run(cfg)
+    model, train_ds, val_ds = build_run(cfg, resume)
     log.info("training %s on %d images (%d classes) -> %s", cfg.model, len(train_ds), len(train_ds.classes),
              cfg.out_dir)
     return train_loop(cfg, model, train_ds, val_ds, resume=resume)
 
 
-def build_run(cfg):
+def build_run(cfg, resume: str | None = None, quiet: bool = False):
     """The model and the train / val datasets of a RunConfig (bad data or settings raise here).
-    The model's initial weights follow ``train.seed``; the datasets' preprocessing is the
-    model's ``InputSpec``."""
+    The model's initial weights follow ``train.seed``, its backbone's ``pretrained`` weights;
+    with ``train.init_from``, a new run (``resume`` None) starts from that checkpoint's weights
+    instead (``engine.finetune``; its table logged unless ``quiet``). The datasets'
+    preprocessing is the model's ``InputSpec``."""
+    from .backbones.pretrained import load_pretrained_backbone
     from .data.build import model_and_datasets
+    from .engine.finetune import init_from
     from .engine.trainer import seed_all
     from .zoo import create
 
@@ -103,6 +109,13 @@ def build_run(cfg):
         seed_all(cfg.train.seed)
         model = create(cfg.model, classes=classes, **cfg.model_args)
         model.model_name = cfg.model
+        if cfg.train.init_from:  # the checkpoint supplies the backbone too; a resumed run its own weights
+            if resume is None:
+                report = init_from(model, cfg.train.init_from)
+                if not quiet:
+                    (log.info if report.complete else log.warning)("%s", report.table())
+        else:
+            load_pretrained_backbone(model)  # model_args.backbone.pretrained; a resumed run loads over it
         return model
 
     return model_and_datasets(cfg.data, build)
@@ -117,10 +130,20 @@ def check_run(cfg, resume: str | None) -> None:
     from .engine.trainer import resolve_device
 
     resolve_device(cfg.train.device)
-    _, _, val_ds = build_run(cfg)
+    _, _, val_ds = build_run(cfg, resume, quiet=True)
     check_images(val_ds)
     check_free(cfg.out_dir)
     checkpoint_to_resume(cfg.out_dir, resume, quiet=True)
+
+
+def plot(args: Namespace) -> int:
+    """Draw RUN_DIR's curves.png (or --out, refused when it exists unless --force)."""
+    from .engine.logging_hooks import plot_curves
+
+    if args.out is not None:
+        refuse_existing([args.out], args.force)
+    print(f"wrote {plot_curves(args.run_dir, args.out)}")
+    return 0
 
 
 def eval(args: Namespace) -> int:  # noqa: A001 (the subcommand's name)
@@ -129,13 +152,15 @@ def eval(args: Namespace) -> int:  # noqa: A001 (the subcommand's name)
     from .data.build import val_dataset
     from .data.loader import build_loader
     from .engine.evaluate import evaluate
+    from .engine.trainer import resolve_device
 
     cfg = load_config(args.config, args.set) if args.config else apply_overrides(RunConfig(), args.set)
     data = replace(cfg.data, path=args.data) if args.data else cfg.data
     _require_data(data, "val")
+    device = resolve_device(args.device, setting="--device")
     plot = Path(args.plot) if args.plot else Path(args.checkpoint).parent / "pr_curve.png"
     refuse_existing([p for p in (args.results, plot) if p], args.force)
-    model = load(args.checkpoint)
+    model = load(args.checkpoint).to(device)
     dataset = val_dataset(data, model.input_spec)
     # matched by category id; a dataset with a subset of the model's categories is fine for
     # COCO AP (COCOeval scores the ground truth's categories and ignores other detections)
@@ -153,10 +178,15 @@ def eval(args: Namespace) -> int:  # noqa: A001 (the subcommand's name)
 def predict(args: Namespace) -> int:
     from .api import load
     from .engine.predict import predict_files
+    from .engine.trainer import resolve_device
 
-    model = load(args.checkpoint)
-    path = predict_files(model, args.inputs, args.out, args.score_threshold)
-    print(f"wrote {path} and drawn images in {path.parent}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    device = resolve_device(args.device, setting="--device")
+    refuse_existing([args.out], args.force)
+    model = load(args.checkpoint).to(device)
+    path = predict_files(model, args.inputs, args.out, args.score_threshold, args.batch_size)
+    print(f"wrote {path} and the drawings in {path.parent}")
     return 0
 
 
@@ -170,6 +200,21 @@ def convert(args: Namespace) -> int:
     model = load_official(family, args.input, config, ema=getattr(args, "ema", False))
     save(model, args.output, model_name=f"{family}_official")
     print(f"wrote {args.output} ({model.family}, {model.num_classes} classes)")
+    return 0
+
+
+def export(args: Namespace) -> int:
+    from .api import load
+    from .export import check_opset, export_onnx, require_packages
+
+    require_packages()
+    check_opset(args.opset)
+    refuse_existing([args.output], args.force)
+    model = load(args.checkpoint)
+    result = export_onnx(model, args.output, args.opset, args.size, args.dynamic)
+    print(f"wrote {args.output}: {model.family}, opset {args.opset}, {'dynamic' if args.dynamic else 'static'} "
+          f"shapes; inputs {', '.join(result.inputs)}; outputs {', '.join(result.outputs)}; onnxruntime vs "
+          f"PyTorch: max |difference| {max(result.max_diff.values()):.1e}")
     return 0
 
 

@@ -116,6 +116,7 @@ class TrainConfig:
     eval_every: int = 1                   # epochs; <= 0 disables evaluation
     checkpoint_every_iters: int = 1000    # <= 0: only at epoch ends
     seed: int = 42
+    init_from: str | None = None          # fine-tune: a checkpoint's weights, its class layers re-initialised
     log_every: int = 20
     max_iters: int | None = None
     device: str = "auto"                  # "auto", "cpu", "cuda", ...
@@ -123,12 +124,15 @@ class TrainConfig:
     find_unused_parameters: bool = False
     ema_decay: float = 0.0                # > 0: evaluate and save an EMA of the weights
     ema_warmup: int = 0                   # optimizer steps over which the EMA decay ramps up
+    tensorboard: bool | str = "auto"      # event files in the run folder; "auto": when tensorboard is installed
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("step", "cosine", "linear"):
             raise ConfigError(f"train.lr_schedule must be 'step', 'cosine' or 'linear', got {self.lr_schedule!r}")
         if self.amp not in ("none", "bf16", "fp16", "auto"):
             raise ConfigError(f"train.amp must be 'none', 'bf16', 'fp16' or 'auto', got {self.amp!r}")
+        if not (isinstance(self.tensorboard, bool) or self.tensorboard == "auto"):
+            raise ConfigError(f"train.tensorboard must be true, false or 'auto', got {self.tensorboard!r}")
         for name in ("epochs", "accumulate", "batch_size", "procs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")

@@ -81,6 +81,48 @@ def mmdet_input_spec(min_size: int = 800, max_size: int = 1333) -> InputSpec:
                      scale_255=True, min_size=min_size, max_size=max_size, size_divisibility=32)
 
 
+@dataclass(frozen=True)
+class ClassLayout:
+    """How the entries of a class-dependent parameter along ``dim`` belong to classes: ``groups``
+    blocks (one per anchor when a conv predicts several: YOLACT, ATSS), each ``leading`` rows of
+    no class (YOLACT's background), ``per_class`` rows for each of ``classes`` classes (4:
+    class-specific box deltas), then ``trailing`` rows of no class (mmdet's softmax background,
+    DINO's spare label embedding). ``Detector.class_layers`` declares them (fine-tuning)."""
+
+    classes: int
+    per_class: int = 1
+    leading: int = 0
+    trailing: int = 0
+    groups: int = 1
+    dim: int = 0
+
+    @classmethod
+    def objectness(cls, rows: int) -> "ClassLayout":
+        """A class-agnostic score in row 0 of ``rows`` (two-stage Deformable DETR's encoder head,
+        trained with every label 0): no row belongs to a class."""
+        return cls(classes=0, leading=1, trailing=rows - 1)
+
+    @property
+    def block(self) -> int:
+        return self.leading + self.classes * self.per_class + self.trailing
+
+    @property
+    def size(self) -> int:
+        """The parameter's length along ``dim``."""
+        return self.groups * self.block
+
+    def class_rows(self, label: int) -> list[int]:
+        """The rows of class ``label`` in every group."""
+        first = self.leading + label * self.per_class
+        return [g * self.block + first + r for g in range(self.groups) for r in range(self.per_class)]
+
+    def other_rows(self) -> tuple[list[int], list[int]]:
+        """(leading rows, trailing rows) of every group."""
+        tail = self.block - self.trailing
+        return ([g * self.block + r for g in range(self.groups) for r in range(self.leading)],
+                [g * self.block + tail + r for g in range(self.groups) for r in range(self.trailing)])
+
+
 class LossOutput(NamedTuple):
     """What a detector's train-mode forward returns. ``losses``: named scalars, each already
     multiplied by its weight; the training loss is their sum (``total()``). ``logs``: detached
@@ -128,6 +170,17 @@ class Detector(nn.Module):
     def postprocess(self, outputs: dict, sizes: Tensor) -> list[Detections]:
         """Raw eval outputs -> detections in the batch's pixel frame (each image's valid size)."""
         raise NotImplementedError
+
+    def class_layers(self) -> dict[str, ClassLayout]:
+        """Every class-dependent parameter (state-dict name) -> how its rows map to classes. A
+        model fine-tuned on other classes re-initialises these and carries the rows of the
+        classes both share (``codetr.engine.finetune``)."""
+        raise NotImplementedError(f"{type(self).__name__} declares no class layers")
+
+    def parameters_of(self, modules: dict[str, ClassLayout]) -> dict[str, ClassLayout]:
+        """``modules`` (submodule name -> layout) as the layout of each of their parameters."""
+        return {f"{name}.{param}": layout for name, layout in modules.items()
+                for param, _ in self.get_submodule(name).named_parameters()}
 
     def float32_loss(self, criterion: Callable[..., dict], *inputs: Any) -> dict:
         """``criterion(*inputs)`` on float32 copies of the inputs' floating tensors, with autocast

@@ -19,6 +19,22 @@ def recipe(name: str) -> RunConfig:
     return RECIPES[name](name)
 
 
+# the backbone weights full-size recipes start from (model_args.backbone.pretrained): the official
+# configs' torchvision://resnet50 (DETRs, mmdet, Co-DETR R50; YOLACT's resnet*_reducedfc.pth are
+# the same weights) and Co-DINO's ImageNet-22k Swin-L (swin_large_patch4_window12_384_22k.pth)
+TORCHVISION_IMAGENET = "IMAGENET1K_V1"
+SWIN_L_IMAGENET_22K = "timm:swin_large_patch4_window12_384.ms_in22k"
+
+
+def starting_from(weights: str, make: Callable[[str], RunConfig]) -> Callable[[str], RunConfig]:
+    """Recipe ``make`` with the backbone starting from ``weights`` (``BackboneConfig.pretrained``)."""
+    def with_weights(name: str) -> RunConfig:
+        run = make(name)
+        backbone = {**run.model_args.get("backbone", {}), "pretrained": weights}
+        return replace(run, model_args={**run.model_args, "backbone": backbone})
+    return with_weights
+
+
 def official_detr(name: str) -> RunConfig:
     """Official Deformable DETR schedule: 50 epochs, LR drop at 40, batch 2 per GPU."""
     return RunConfig(model=name, out_dir=f"runs/{name}", data=DataConfig(), train=TrainConfig())
@@ -90,7 +106,10 @@ def tiny_dense(name: str) -> RunConfig:
 
 def official_defcn(name: str) -> RunConfig:
     """The official 3x multi-scale schedule in epochs (270k iterations at batch 16 = 36 epochs,
-    first LR drop at 28), with AdamW; backbone at 0.1x LR."""
+    first LR drop at 28), with AdamW; backbone at 0.1x LR. No default backbone weights: the
+    official start, MSRA R-50 (caffe, stride in the 1x1), is not torchvision's; give a file of it
+    in torchvision names (``model_args.backbone.pretrained=FILE``) or start from torchvision's
+    (``model_args.backbone.stride_in_1x1=false model_args.backbone.pretrained=IMAGENET1K_V1``)."""
     data = DataConfig(train_scales=[640, 672, 704, 736, 768, 800], max_size=1333, crop=False)
     train = TrainConfig(epochs=36, batch_size=2, lr=1e-4, lr_drop=28, lr_multipliers={"backbone": 0.1},
                         clip_max_norm=1.0)
@@ -140,31 +159,32 @@ def official_co_detr_lsj(name: str, batch_size: int = 2) -> RunConfig:
 
 # zoo name -> its recipe
 RECIPES: dict[str, Callable[[str], RunConfig]] = {
-    "deformable_detr_r50": official_detr,
-    "deformable_detr_r50_box_refine": official_detr,
-    "deformable_detr_r50_two_stage": official_detr,
+    "deformable_detr_r50": starting_from(TORCHVISION_IMAGENET, official_detr),
+    "deformable_detr_r50_box_refine": starting_from(TORCHVISION_IMAGENET, official_detr),
+    "deformable_detr_r50_two_stage": starting_from(TORCHVISION_IMAGENET, official_detr),
     "deformable_detr_tiny": lambda name: tiny_detr(name, epochs=18, lr_drop=15),
-    "dino_r50_4scale": official_dino,
-    "dino_r50_5scale": official_dino,
+    "dino_r50_4scale": starting_from(TORCHVISION_IMAGENET, official_dino),
+    "dino_r50_5scale": starting_from(TORCHVISION_IMAGENET, official_dino),
     "dino_tiny": lambda name: tiny_detr(name, epochs=15, lr_drop=12),
-    "yolact_r50_550": official_yolact,
-    "yolact_r101_550": official_yolact,
-    "yolact_plus_r50_550": official_yolact,
+    "yolact_r50_550": starting_from(TORCHVISION_IMAGENET, official_yolact),
+    "yolact_r101_550": starting_from(TORCHVISION_IMAGENET, official_yolact),
+    "yolact_plus_r50_550": starting_from(TORCHVISION_IMAGENET, official_yolact),
     "yolact_tiny": tiny_yolact,
     "defcn_poto_3dmf_aux_r50": official_defcn,
     "defcn_poto_r50": official_defcn,
     "fcos_r50": official_defcn,
     "defcn_tiny": tiny_dense,
     "fcos_tiny": tiny_dense,
-    "faster_rcnn_r50_fpn_1x": official_mmdet_1x,
+    "faster_rcnn_r50_fpn_1x": starting_from(TORCHVISION_IMAGENET, official_mmdet_1x),
     "faster_rcnn_tiny": tiny_rcnn,
-    "atss_r50_fpn_1x": official_mmdet_1x,
+    "atss_r50_fpn_1x": starting_from(TORCHVISION_IMAGENET, official_mmdet_1x),
     "atss_tiny": tiny_dense,
-    "co_deformable_detr_r50_1x": lambda name: official_co_detr(
-        name, lr_multipliers={"backbone": 0.1, "sampling_offsets": 0.1, "reference_points": 0.1}),
-    "co_dino_5scale_r50_1x": official_co_detr,
-    "co_dino_5scale_lsj_r50_3x": official_co_detr_lsj,
-    "co_dino_5scale_swin_l_1x": lambda name: official_co_detr(name, batch_size=1),
-    "co_dino_5scale_swin_l_lsj_3x": lambda name: official_co_detr_lsj(name, batch_size=1),
+    "co_deformable_detr_r50_1x": starting_from(TORCHVISION_IMAGENET, lambda name: official_co_detr(
+        name, lr_multipliers={"backbone": 0.1, "sampling_offsets": 0.1, "reference_points": 0.1})),
+    "co_dino_5scale_r50_1x": starting_from(TORCHVISION_IMAGENET, official_co_detr),
+    "co_dino_5scale_lsj_r50_3x": starting_from(TORCHVISION_IMAGENET, official_co_detr_lsj),
+    "co_dino_5scale_swin_l_1x": starting_from(SWIN_L_IMAGENET_22K, lambda name: official_co_detr(name, batch_size=1)),
+    "co_dino_5scale_swin_l_lsj_3x": starting_from(SWIN_L_IMAGENET_22K,
+                                                  lambda name: official_co_detr_lsj(name, batch_size=1)),
     "co_dino_tiny": lambda name: tiny_detr(name, epochs=15, lr_drop=12),
 }

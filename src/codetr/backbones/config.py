@@ -56,6 +56,12 @@ class BackboneConfig:
 
     ``kind="swin"``: a Swin Transformer of ``swin``'s numbers instead; of the ResNet fields only
     ``frozen_stages`` applies (the patch embedding + that many stages; Co-DINO Swin-L: -1).
+
+    ``pretrained``: the weights a training run starts the backbone from (``load_pretrained_backbone``
+    loads them when ``codetr train`` builds the model; ``codetr.create`` never does): a torchvision
+    ResNet weights name (``"IMAGENET1K_V1"``, ``"IMAGENET1K_V2"``; ``"torchvision"``: V1),
+    ``"timm:<pretrained model name>"`` (Swin, or a timm ResNet with torchvision's names), or a
+    .pth / .pt / .safetensors file (torchvision names for a ResNet, timm's for a Swin). None: random.
     """
 
     depth: int = 50
@@ -70,10 +76,13 @@ class BackboneConfig:
     dcn_interval: int = 1
     kind: Literal["resnet", "swin"] = "resnet"
     swin: SwinConfig = field(default_factory=SwinConfig)
+    pretrained: str | None = None
 
     def __post_init__(self) -> None:
         # res2_channels 0 would silently mean "default"
         require_at_least(self, {"stem_channels": 1, "res2_channels": 1, "width_per_group": 1, "dcn_interval": 1})
+        if self.pretrained is not None and not self.pretrained.strip():
+            raise ValueError("BackboneConfig.pretrained must name weights (or be null for random), got ''")
         if self.kind == "swin" and (self.dilation or any(self.dcn_layers)):
             raise ValueError("BackboneConfig: dilation and dcn_layers are ResNet options, not Swin ones")
 

@@ -25,15 +25,18 @@ import torch
 from torch import Tensor
 
 from ..backbones import build_backbone
+from ..backends import host_to_device
 from ..boxes import cxcywh_to_xyxy
 from ..assign.hungarian import PixelHungarianMatcher
-from ..detector import Detector, InputSpec, LossOutput
+from ..dense.atss_detector import atss_class_layouts
+from ..detector import ClassLayout, Detector, InputSpec, LossOutput
 from ..detr.criterion import FocalClassLoss, QualityFocalClassLoss
 from ..detr.dino_transformer import DINOTransformer
 from ..detr.transformer import DeformableTransformer, Intermediates
 from ..necks import ChannelMapper
 from ..nn import SinePositionEncoding
 from ..ops.nms import batched_nms
+from ..rcnn.faster_rcnn import roi_class_layouts
 from ..structures import ClassInfo, Detections, Target
 from .aux_heads import AuxHeads
 from .aux_targets import get_aux_targets
@@ -87,13 +90,30 @@ class CoDETR(Detector):
         self.aux_heads = AuxHeads(c.rpn, c.roi_heads, c.atss_heads)
         self.criterion = build_criterion(c)
 
+    def class_layers(self) -> dict[str, ClassLayout]:
+        """The query head's class branches (one logit per class; Co-Deformable-DETR's encoder
+        branch, index L, scores proposals class-agnostically in row 0), Co-DINO's denoising label
+        embeddings, each RoI head's classifier and regressor and each ATSS head's classifier (the
+        RPN is class-agnostic)."""
+        c, k = self.config, self.num_classes
+        encoder = ClassLayout.objectness(k) if c.variant == "deformable" else ClassLayout(k)
+        heads = {f"query_head.cls_branches.{i}": ClassLayout(k) for i in range(c.dec_layers)}
+        heads[f"query_head.cls_branches.{c.dec_layers}"] = encoder
+        if c.variant == "dino":
+            heads["query_head.label_embedding"] = ClassLayout(k)
+        for i, roi in enumerate(self.aux_heads.roi_head):
+            heads.update(roi_class_layouts(f"aux_heads.roi_head.{i}.bbox_head", roi.bbox_head))
+        for j, atss in enumerate(self.aux_heads.bbox_head):
+            heads.update(atss_class_layouts(f"aux_heads.bbox_head.{j}", atss))
+        return self.parameters_of(heads)
+
     # -- forward ---------------------------------------------------------------------------
     def head_sizes(self, images: Tensor, sizes: Tensor) -> Tensor:
         """The ``img_shape`` every head sees: the valid sizes, or the padded batch size for all
         images when ``with_attn_mask`` is off (the official LSJ configs: no padding mask)."""
         if self.config.with_attn_mask:
             return sizes
-        return sizes.new_tensor(images.shape[-2:]).expand(len(sizes), 2)
+        return host_to_device([tuple(images.shape[-2:])], sizes.device, sizes.dtype).expand(len(sizes), 2)
 
     def features(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """(backbone maps, neck maps [B, C, H_l, W_l])."""
@@ -171,42 +191,50 @@ class CoDETR(Detector):
 
     # -- test --------------------------------------------------------------------------------
     @torch.no_grad()
-    def postprocess(self, outputs: dict, sizes: Tensor, scale_factors: Sequence[Tensor] | None = None
+    def postprocess(self, outputs: dict, sizes: Tensor, scale_factors: Tensor | Sequence[Tensor] | None = None
                     ) -> list[Detections]:
         """Detections of the ``eval_module`` head, in each image's valid-size pixels, or divided
         by ``scale_factors`` (w, h, w, h) per image when given (official ``rescale``: the NMS then
         runs on the rescaled boxes, as official)."""
         c = self.config
-        img_shapes = [tuple(s) for s in sizes.tolist()]
         if c.eval_module == "detr":
-            return [self.query_detections(outputs["all_cls_scores"][-1, i], outputs["all_bbox_preds"][-1, i],
-                                          img_shapes[i], None if scale_factors is None else scale_factors[i])
-                    for i in range(len(img_shapes))]
+            return self.query_postprocess(outputs["all_cls_scores"][-1], outputs["all_bbox_preds"][-1], sizes,
+                                          scale_factors)
+        img_shapes = [tuple(s) for s in sizes.tolist()]
         maps, heads = outputs["enc_outputs_as_feats"], self.aux_heads
         test = heads.one_stage_test if c.eval_module == "one-stage" else heads.two_stage_test
         return [Detections(d[:, :4], d[:, 4], l) for d, l in test(maps, img_shapes, c.eval_index, scale_factors)]
 
+    def query_postprocess(self, logits: Tensor, boxes: Tensor, sizes: Tensor,
+                          scale_factors: Tensor | Sequence[Tensor] | None) -> list[Detections]:
+        """The query head's detections of a batch: logits [B, Q, K], boxes [B, Q, 4] -> per image
+        the top (query, class) pairs by sigmoid score (``max_per_img``; ``num_queries`` when an NMS
+        follows), over ``score_thr``, boxes xyxy clipped to the image, / the scale factor; then
+        the configured (soft-)NMS per class. Everything up to the NMS runs on the device with
+        fixed shapes; reading the number of kept pairs is its one host sync."""
+        c = self.config
+        k = min(c.num_queries if c.nms else c.max_per_img, logits[0].numel())
+        scores, labels, xyxy = query_topk(logits, boxes, sizes, k)
+        if scale_factors is not None:
+            xyxy = xyxy / as_factors(scale_factors, xyxy)[:, None]
+        kept = (scores > c.score_thr).sum(1).tolist()   # scores are sorted: the kept pairs are a prefix
+        dets = [Detections(xyxy[i, :n], scores[i, :n], labels[i, :n]) for i, n in enumerate(kept)]
+        return [self.query_nms(d) for d in dets] if c.nms else dets
+
+    def query_nms(self, det: Detections) -> Detections:
+        """The configured (soft-)NMS per class, then the best ``max_per_img``."""
+        if len(det) == 0:
+            return det
+        dets, kept = batched_nms(det.boxes, det.scores, det.labels, dict(self.config.nms))
+        dets, labels = dets[:self.config.max_per_img], det.labels[kept][:self.config.max_per_img]
+        return Detections(dets[:, :4], dets[:, 4], labels)
+
     def query_detections(self, logits: Tensor, boxes: Tensor, hw: tuple[int, int],
                          scale_factor: Tensor | None) -> Detections:
-        """One image: logits [Q, K], boxes [Q, 4] -> the top (query, class) pairs by sigmoid
-        score (``max_per_img``; ``num_queries`` when an NMS follows), over ``score_thr``, boxes
-        xyxy clipped to the image, / ``scale_factor``; then the configured (soft-)NMS per class."""
-        c, (h, w) = self.config, hw
-        num_classes = logits.shape[-1]
-        k = min(c.num_queries if c.nms else c.max_per_img, logits.numel())
-        scores, index = logits.sigmoid().flatten().topk(k)
-        labels, query = index % num_classes, index // num_classes
-        keep = scores > c.score_thr
-        scores, labels, query = scores[keep], labels[keep], query[keep]
-        xyxy = cxcywh_to_xyxy(boxes[query]) * boxes.new_tensor([w, h, w, h])
-        xyxy = torch.min(xyxy.clamp(min=0), xyxy.new_tensor([w, h, w, h]))
-        if scale_factor is not None:
-            xyxy = xyxy / torch.as_tensor(scale_factor, dtype=xyxy.dtype, device=xyxy.device)
-        if not c.nms or len(scores) == 0:
-            return Detections(xyxy, scores, labels)
-        dets, kept = batched_nms(xyxy, scores, labels, dict(c.nms))
-        dets, labels = dets[:c.max_per_img], labels[kept][:c.max_per_img]
-        return Detections(dets[:, :4], dets[:, 4], labels)
+        """``query_postprocess`` of one image: logits [Q, K], boxes [Q, 4], its valid (h, w)."""
+        sizes = torch.tensor([hw], device=boxes.device)
+        return self.query_postprocess(logits[None], boxes[None], sizes,
+                                      None if scale_factor is None else [scale_factor])[0]
 
     @torch.no_grad()
     def detect(self, images: Tensor, sizes: Tensor, orig_sizes: Sequence[tuple[int, int]]) -> list[Detections]:
@@ -215,11 +243,31 @@ class CoDETR(Detector):
         was_training = self.training
         self.eval()
         try:
-            factors = [sizes.new_tensor([w / ow, h / oh, w / ow, h / oh], dtype=torch.float32)
-                       for (h, w), (oh, ow) in zip(sizes.tolist(), orig_sizes)]
+            orig = host_to_device(orig_sizes, sizes.device, torch.float32)             # [B, 2] (oh, ow)
+            # float32 division of integers rounds as the official float64 quotient cast to float32
+            factors = (sizes.float() / orig).flip(1).repeat(1, 2)                     # [B, 4] (w/ow, h/oh, w/ow, h/oh)
             return self.postprocess(self(images, sizes), sizes, factors)
         finally:
             self.train(was_training)
+
+
+def query_topk(logits: Tensor, boxes: Tensor, sizes: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """logits [B, Q, K], boxes [B, Q, 4] sigmoid cxcywh, sizes [B, 2] valid (h, w) -> each image's
+    top ``k`` (query, class) pairs by sigmoid score, best first: scores [B, k], labels [B, k] and
+    boxes [B, k, 4] xyxy in pixels, clipped to the valid image."""
+    B, Q, K = logits.shape
+    scores, index = logits.sigmoid().reshape(B, Q * K).topk(k, dim=1)
+    labels, query = index % K, index // K
+    wh = sizes.flip(1).repeat(1, 2).to(boxes.dtype)[:, None]                        # [B, 1, 4] (w, h, w, h)
+    xyxy = cxcywh_to_xyxy(torch.gather(boxes, 1, query[..., None].expand(-1, -1, 4))) * wh
+    return scores, labels, torch.min(xyxy.clamp(min=0), wh)
+
+
+def as_factors(scale_factors: Tensor | Sequence[Tensor], like: Tensor) -> Tensor:
+    """Per-image (w, h, w, h) factors as one [B, 4] tensor of ``like``'s dtype and device."""
+    if isinstance(scale_factors, Tensor):
+        return scale_factors.to(like)
+    return torch.stack([torch.as_tensor(f, dtype=like.dtype) for f in scale_factors]).to(like.device)
 
 
 def pad_shapes(sizes: Tensor, spec: InputSpec) -> list[tuple[int, int]]:

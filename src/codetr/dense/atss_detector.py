@@ -20,7 +20,7 @@ from torch import Tensor
 from ..backbones import BackboneConfig, build_backbone
 from ..coders import delta_xywh_decode
 from ..config_checks import COMMON_MINIMUMS, require_at_least
-from ..detector import InputSpec, mmdet_input_spec
+from ..detector import ClassLayout, InputSpec, mmdet_input_spec
 from ..necks.fpn import FPN
 from ..structures import ClassInfo, Target
 from .atss import ATSSHead, ATSSLossConfig, ATSSOutputs
@@ -132,6 +132,9 @@ class ATSS(DenseDetector):
             DenseTestConfig(c.score_threshold, c.topk_candidates, c.nms_threshold, c.detections_per_image))
         super().__init__(c, classes, input_spec or mmdet_input_spec(), backbone, fpn, parts)
 
+    def class_layers(self) -> dict[str, ClassLayout]:
+        return self.parameters_of(atss_class_layouts("head", self.head))
+
     def head_outputs(self, feats: list[Tensor]) -> dict[str, list[Tensor]]:
         out = self.head(feats)
         return {"cls_scores": out.cls_logits, "bbox_preds": out.deltas, "centernesses": out.centerness}
@@ -140,3 +143,9 @@ class ATSS(DenseDetector):
                     sizes: Tensor) -> tuple:
         """The head builds its own anchors (the same generator) and valid flags."""
         return outputs, targets, pad_shapes(sizes, self.pad_divisor)
+
+
+def atss_class_layouts(prefix: str, head: ATSSHead) -> dict[str, ClassLayout]:
+    """An mmdet ATSS head's classifier at ``prefix``: per anchor, one logit per class (sigmoid,
+    no background)."""
+    return {f"{prefix}.cls_logits": ClassLayout(head.num_classes, groups=head.anchor_generator.num_base_anchors[0])}

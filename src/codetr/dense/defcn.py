@@ -18,7 +18,7 @@ from ..detector import InputSpec
 from ..structures import ClassInfo
 from .base import DenseDetector, OutputNames, ScoreComposition, class_only, times_quality
 from .criterion import DeFCNCriterion
-from .fcos import FCOSConfig, PointConfig, cvpods_backbone_and_fpn, official_input_spec, point_parts
+from .fcos import FCOS, FCOSConfig, PointConfig, cvpods_backbone_and_fpn, official_input_spec, point_parts
 from .fcos_head import FCOSHead
 
 
@@ -57,6 +57,8 @@ class DeFCN(DenseDetector):
         scores = ScoreComposition(times_quality if c.max_filter else class_only, class_only)
         super().__init__(c, classes, input_spec or official_input_spec(), backbone, fpn,
                          point_parts(c, head, names, criterion, scores))
+
+    class_layers = FCOS.class_layers  # the same head (FCOSHead)
 
 
 _LEGACY_FCOS_RENAMES = {"fcos_size_ranges": "size_ranges"}  # old joint config field -> FCOSConfig's

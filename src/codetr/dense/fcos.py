@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ..backbones import BackboneConfig, build_backbone
 from ..coders import ltrb_decode
 from ..config_checks import COMMON_MINIMUMS, require_at_least
-from ..detector import InputSpec
+from ..detector import ClassLayout, InputSpec
 from ..necks.fpn import FPN
 from ..structures import ClassInfo
 from .base import (DenseDetector, DenseParts, DenseTestConfig, OutputNames, ScoreComposition, check_fpn_strides,
@@ -120,3 +120,7 @@ class FCOS(DenseDetector):
         parts = point_parts(c, head, OutputNames("box_cls", "box_delta", "box_center"), criterion,
                             ScoreComposition(class_only, geometric_mean))
         super().__init__(c, classes, input_spec or official_input_spec(), backbone, fpn, parts)
+
+    def class_layers(self) -> dict[str, ClassLayout]:
+        """The classifier: one logit per class (sigmoid, no background)."""
+        return self.parameters_of({"head.cls_score": ClassLayout(self.num_classes)})

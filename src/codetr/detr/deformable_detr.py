@@ -18,7 +18,7 @@ from ..backbones import BackboneConfig, build_backbone
 from ..assign import HungarianMatcher
 from ..boxes import cxcywh_to_xyxy, xyxy_to_cxcywh
 from ..config_checks import DETR_MINIMUMS, require_at_least
-from ..detector import Detector, InputSpec, LossOutput
+from ..detector import ClassLayout, Detector, InputSpec, LossOutput
 from ..nn import MLP, SinePositionEncoding
 from ..structures import ClassInfo, Detections, Target, padding_mask
 from .criterion import SetCriterion, loss_weights
@@ -125,6 +125,16 @@ class DeformableDETR(Detector):
             for _, box in pairs:
                 box.layers[-1].bias[2:] = initial_wh
         return nn.ModuleList(p[0] for p in pairs), nn.ModuleList(p[1] for p in pairs)
+
+    def class_layers(self) -> dict[str, ClassLayout]:
+        """The class heads (focal: one logit per class, no background); two-stage's encoder head
+        scores proposals class-agnostically in its row 0 unless ``enc_class_aware``."""
+        c = self.config
+        heads = {f"class_embed.{i}": ClassLayout(c.num_classes) for i in range(c.dec_layers)}
+        if c.two_stage:
+            heads[f"class_embed.{c.dec_layers}"] = ClassLayout(c.num_classes) if c.enc_class_aware \
+                else ClassLayout.objectness(c.num_classes)
+        return self.parameters_of(heads)
 
     # -- forward ---------------------------------------------------------------------------
     def forward_raw(self, images: Tensor, sizes: Tensor) -> dict:

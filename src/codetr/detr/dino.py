@@ -23,7 +23,7 @@ from torchvision.ops import nms
 from ..assign import HungarianMatcher
 from ..backbones import BackboneConfig, build_backbone
 from ..config_checks import DETR_MINIMUMS, require_at_least
-from ..detector import Detector, InputSpec, LossOutput
+from ..detector import ClassLayout, Detector, InputSpec, LossOutput
 from ..nn import MLP, SinePositionEncoding
 from ..structures import ClassInfo, Detections, Target
 from .deformable_detr import detr_targets, input_projections, layer_outputs, multiscale_features, topk_postprocess
@@ -131,6 +131,16 @@ class DINO(Detector):
         self.bbox_embed = per_layer(box, c.dec_pred_bbox_embed_share)
         self.enc_class_embed = cls if c.two_stage_class_embed_share else copy.deepcopy(cls)
         self.enc_bbox_embed = box if c.two_stage_bbox_embed_share else copy.deepcopy(box)
+
+    def class_layers(self) -> dict[str, ClassLayout]:
+        """The decoder's and the encoder's class heads (one logit per class, no background) and
+        the denoising label embeddings: row i embeds class i, the ``labelbook_size + 1 -
+        num_classes`` rows after them are never drawn."""
+        c = self.config
+        heads = {name: ClassLayout(c.num_classes) for name in
+                 [f"class_embed.{i}" for i in range(c.dec_layers)] + ["enc_class_embed"]}
+        heads["label_enc"] = ClassLayout(c.num_classes, trailing=c.labelbook_size + 1 - c.num_classes)
+        return self.parameters_of(heads)
 
     # -- forward ---------------------------------------------------------------------------
     def denoising_queries(self, targets: list[dict[str, Tensor]],

@@ -50,7 +50,7 @@ def encoder_reference_points(levels: LevelLayout, ratios: Tensor) -> Tensor:
         y, x = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=ratios.device) + 0.5,
                               torch.arange(w, dtype=torch.float32, device=ratios.device) + 0.5, indexing="ij")
         centres = torch.stack([x.flatten(), y.flatten()], -1)                       # [HW, 2] pixels
-        refs.append(centres[None] / (ratios[:, None, lvl] * ratios.new_tensor([w, h])))
+        refs.append(centres[None] / (ratios[:, None, lvl] * levels.wh[lvl]))        # / valid (w, h) in pixels
     return torch.cat(refs, 1)[:, :, None] * ratios[:, None]
 
 

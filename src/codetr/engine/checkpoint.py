@@ -102,8 +102,9 @@ def load_checkpoint(path: str | Path, family: str | None = None, model_name: str
     try:
         state = torch.load(path, map_location=map_location, weights_only=weights_only)
     except Exception as e:  # truncated zip, pickle errors, unsupported globals
+        first_line = str(e).strip().split("\n")[0]  # torch's unpickling errors run over many lines
         raise CheckpointError(f"cannot read checkpoint {str(path)!r} (corrupt or not written by "
-                              f"torch.save): {type(e).__name__}: {e}") from e
+                              f"torch.save): {type(e).__name__}: {first_line}") from e
     missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(f"{str(path)!r} is not a codetr checkpoint (missing {missing}); "

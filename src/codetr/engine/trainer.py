@@ -12,10 +12,12 @@ Hook call order, on every rank (collectives inside hooks rely on it)::
         after_epoch()                (only when the epoch ran to its end)
     after_train()                    (only when training finished: a crash or kill skips it)
 
-Hooks run in registration order. ``default_hooks`` registers
-``MetricsLogger`` (metrics.jsonl + tqdm), ``Checkpointer`` (last.ckpt) and ``EvalHook`` (every
-``eval_every`` epochs, keeps best.ckpt), so an epoch is saved before it is evaluated: an error or
-a kill during the evaluation loses no training. Such a checkpoint records the evaluation as
+and, on rank 0 only, ``after_log(record)`` after each line ``Trainer.log`` appends to
+metrics.jsonl. Hooks run in registration order. ``default_hooks`` registers
+``MetricsLogger`` (metrics.jsonl + tqdm), ``Checkpointer`` (last.ckpt), on rank 0 the hooks of
+``logging_hooks`` (TensorBoard events, curves.png), and ``EvalHook`` (every ``eval_every``
+epochs, keeps best.ckpt), so an epoch is saved before it is evaluated: an error or a kill
+during the evaluation loses no training. Such a checkpoint records the evaluation as
 pending (``pending_eval_epoch``), and a run resumed from it evaluates first.
 
 Exact resume: the shuffle order and worker seeds of epoch ``e`` depend only on
@@ -43,6 +45,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .. import distributed as du
+from ..backends import configure_tf32
 from ..config import ConfigError, RunConfig, TrainConfig
 from ..detector import LossOutput
 from ..structures import Batch, ClassInfo
@@ -64,6 +67,7 @@ class HookBase:
     def after_step(self) -> None: ...
     def after_epoch(self) -> None: ...
     def after_train(self) -> None: ...
+    def after_log(self, record: dict) -> None: ...   # rank 0: a record just appended to metrics.jsonl
 
 
 class Trainer:
@@ -78,6 +82,7 @@ class Trainer:
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         model.to(memory_format=self.memory_format)
+        configure_tf32(device=self.device)   # on Ampere+ GPUs unless CODETR_TF32=0
         self.amp_dtype = amp_dtype(cfg.train.amp, self.device)
         self.model = wrap_ddp(model, self.device, cfg.train.find_unused_parameters,
                               bf16_gradients=self.amp_dtype == torch.bfloat16)
@@ -277,11 +282,14 @@ class Trainer:
         self.load_state_dict(state)
 
     def log(self, record: dict) -> None:
-        """Append one JSON line to out_dir/metrics.jsonl (rank 0 only)."""
+        """Append one JSON line to out_dir/metrics.jsonl, then pass it to the hooks' ``after_log``
+        (rank 0 only)."""
         if du.is_main():
             self.out_dir.mkdir(parents=True, exist_ok=True)
             with open(self.out_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
+            for hook in self.hooks:
+                hook.after_log(record)
 
 
 # ---- hooks ----------------------------------------------------------------------------------
@@ -382,7 +390,9 @@ class Checkpointer(HookBase):
 
 
 def default_hooks(trainer: Trainer) -> list[HookBase]:
-    hooks: list[HookBase] = [MetricsLogger(), Checkpointer()]
+    from .logging_hooks import log_hooks
+
+    hooks: list[HookBase] = [MetricsLogger(), Checkpointer(), *log_hooks(trainer.tcfg.tensorboard)]
     if trainer.val_loader is not None and trainer.coco_gt is not None:
         hooks.append(EvalHook())
     return hooks
@@ -517,19 +527,24 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``train.device`` as a torch.device ("auto": this rank's GPU, else the CPU); a device this
-    machine does not have raises ``ConfigError``."""
+def resolve_device(name: str, setting: str = "train.device") -> torch.device:
+    """``train.device`` (or the ``setting`` named, e.g. ``--device``) as a torch.device ("auto":
+    this rank's GPU, else the CPU); a name torch does not know, or a device this machine does
+    not have, raises ``ConfigError``."""
     if name == "auto":
         return du.default_device()
-    device = torch.device(name)  # the name itself is checked by TrainConfig
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"{setting} must be 'auto' or a torch device such as 'cpu', 'cuda' or 'cuda:1', "
+                          f"got {name!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name!r}, but torch sees no CUDA GPU on this machine "
-                          "(use train.device=cpu or auto)")
+        raise ConfigError(f"{setting}={name!r}, but torch sees no CUDA GPU on this machine "
+                          f"(use {setting}=cpu or auto)")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"train.device={name!r}, but this machine has {torch.cuda.device_count()} GPU(s)")
+        raise ConfigError(f"{setting}={name!r}, but this machine has {torch.cuda.device_count()} GPU(s)")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"train.device={name!r}, but MPS is not available on this machine")
+        raise ConfigError(f"{setting}={name!r}, but MPS is not available on this machine")
     return device
 
 

@@ -9,22 +9,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops.msda import ms_deform_attn
+from ..backends import host_to_device
+from ..ops.msda import exporting, ms_deform_attn
 
 
 @dataclass(frozen=True)
 class LevelLayout:
     """Multi-scale maps flattened into one token sequence, level after level, row-major within a
-    level: S = sum_l H_l * W_l tokens. Built once per forward from Python ints, so no attention
-    call reads a shape back from the device."""
+    level: S = sum_l H_l * W_l tokens. Built once per forward from the maps' shapes (Python
+    ints), with the one device table the kernels need, so no attention call reads a shape back
+    from the device or copies one to it."""
 
     shapes: list[tuple[int, int]]  # (H_l, W_l)
-    wh: Tensor                     # [L, 2] int64 (W_l, H_l): a pixel offset over this is a normalized one
+    hw: Tensor                     # [L, 2] int32 (H_l, W_l) on the maps' device (the fused MSDA kernel's table)
+    wh: Tensor                     # [L, 2] int32 (W_l, H_l): a pixel offset over this is a normalized one
 
     @classmethod
     def of(cls, shapes: list[tuple[int, int]], device: torch.device) -> LevelLayout:
+        if exporting():  # traced sizes: kept, and the table computed from them in the graph
+            hw = torch.stack([torch.stack([torch.scalar_tensor(x, dtype=torch.int32, device=device) for x in size])
+                              for size in shapes])
+            return cls(list(shapes), hw, hw.flip(-1))
         shapes = [(int(h), int(w)) for h, w in shapes]
-        return cls(shapes, torch.tensor([(w, h) for h, w in shapes], dtype=torch.long, device=device))
+        hw = host_to_device(shapes, device)
+        return cls(shapes, hw, hw.flip(-1))
 
     @property
     def sizes(self) -> list[int]:
@@ -102,4 +110,4 @@ class MultiScaleDeformableAttention(nn.Module):
                          + offsets / P * reference_points[:, :, None, :, None, 2:] * 0.5)
         else:
             raise ValueError(f"reference_points must end in 2 or 4 values, got {reference_points.shape[-1]}")
-        return self.output_proj(ms_deform_attn(v, levels.shapes, locations, weights))
+        return self.output_proj(ms_deform_attn(v, levels.shapes, locations, weights, levels.hw))

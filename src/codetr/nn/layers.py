@@ -40,7 +40,7 @@ def sine_embed(coords: Tensor, num_feats: int, temperature: float = 10000.0, sca
     if num_feats % 2:
         raise ValueError(f"num_feats must be even (sin/cos pairs), got {num_feats}")
     if order is not None:
-        coords = coords[..., list(order)]
+        coords = torch.stack([coords[..., i] for i in order], -1)   # no index tensor: nothing copied to the device
     exponent = 2 * torch.arange(num_feats // 2, dtype=torch.float32, device=coords.device) / num_feats
     wavelength = temperature ** exponent                                       # [F/2]
     angle = (coords * scale)[..., None] / wavelength                           # [..., N, F/2]

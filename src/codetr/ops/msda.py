@@ -17,7 +17,8 @@ Four backends, chosen by ``ms_deform_attn`` from the device and the problem size
   over images and heads), the one every other backend is tested against; used on GPUs when
   triton is not installed or ``CODETR_MSDA=reference`` is set in the environment;
 - ``ms_deform_attn_triton`` (GPU): fused Triton forward and backward kernels
-  (``codetr.ops.msda_triton``), compiled on first use; used on CUDA whenever triton imports;
+  (``codetr.ops.msda_triton``), compiled on first use; used on CUDA whenever triton imports
+  (under torch.compile as an opaque custom op, see ``fused_or_compiled``);
 - ``ms_deform_attn_bag`` (CPU): the same sum written as one ``embedding_bag``: each (image,
   head, query) is a bag of the L*P*4 bilinear corner rows of the value table, weighted by
   attention x bilinear weight. On CPU it runs ~2x faster forward than the reference
@@ -28,7 +29,8 @@ Four backends, chosen by ``ms_deform_attn`` from the device and the problem size
   ~340 tokens of 128 px images, even at ~1000 tokens, slower beyond.
 
 ``spatial_shapes`` may be a list of (H_l, W_l) or an [L, 2] tensor; the model passes the list
-it computed once per forward, so no call reads shapes back from the device.
+it computed once per forward and, for the fused kernel, the same shapes as a table already on
+the device (``level_table``), so no call reads shapes back from the device or copies them to it.
 """
 from __future__ import annotations
 
@@ -51,17 +53,31 @@ Shapes = Tensor | list[tuple[int, int]]
 
 
 def int_shapes(spatial_shapes: Shapes) -> list[tuple[int, int]]:
-    """(H_l, W_l) per level as Python ints (a tensor is read back once, here)."""
-    rows = spatial_shapes.tolist() if isinstance(spatial_shapes, Tensor) else spatial_shapes
-    return [(int(h), int(w)) for h, w in rows]
+    """(H_l, W_l) per level as Python ints (a tensor is read back once, here); a list as given
+    (while exporting its sizes are traced values, which ``int`` would freeze)."""
+    if isinstance(spatial_shapes, Tensor):
+        return [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+    return [(h, w) for h, w in spatial_shapes]
+
+
+def exporting() -> bool:
+    """Whether an ONNX export (or ``torch.export``) is tracing the model: the graph then takes
+    the grid_sample reference (ONNX GridSample) and keeps the map sizes as traced values."""
+    return torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
 
 
 def ms_deform_attn(value: Tensor, spatial_shapes: Shapes, sampling_locations: Tensor,
-                   attention_weights: Tensor) -> Tensor:
+                   attention_weights: Tensor, level_table: Tensor | None = None) -> Tensor:
     """Multi-scale deformable attention with the fastest backend for the inputs' device and
-    size (shapes as in ``ms_deform_attn_grid_sample``)."""
+    size (shapes as in ``ms_deform_attn_grid_sample``). ``level_table``: the same shapes as an
+    [L, 2] integer tensor on the values' device; the fused kernel reads it there instead of
+    copying the shapes to the GPU (the other backends use the Python ints)."""
+    if exporting():
+        return ms_deform_attn_grid_sample(value, spatial_shapes, sampling_locations, attention_weights)
+    if value.device.type == "cuda" and gpu_backend() is ms_deform_attn_triton:
+        return fused_or_compiled(value, spatial_shapes, sampling_locations, attention_weights, level_table)
     if value.device.type != "cpu":
-        backend = gpu_backend() if value.device.type == "cuda" else ms_deform_attn_grid_sample
+        backend = ms_deform_attn_grid_sample
     elif value.shape[0] * value.shape[1] * value.shape[2] * sampling_locations.shape[1] <= DENSE_MAX_ENTRIES:
         backend = ms_deform_attn_dense
     else:
@@ -89,6 +105,36 @@ def ms_deform_attn_triton(value: Tensor, spatial_shapes: Shapes, sampling_locati
     ``TRITON_INTERPRET=1`` set before the first call for CPU ones (slow; for tests)."""
     from .msda_triton import ms_deform_attn_fused
     return ms_deform_attn_fused(value, spatial_shapes, sampling_locations, attention_weights)
+
+
+def fused_or_compiled(value: Tensor, spatial_shapes: Shapes, sampling_locations: Tensor,
+                      attention_weights: Tensor, level_table: Tensor | None = None) -> Tensor:
+    """``ms_deform_attn_triton``, fed ``level_table`` when given. While torch.compile traces (dynamo
+    cannot trace a Triton launch inside an autograd.Function): the forward kernel as the opaque
+    custom op ``codetr::msda_fused``, or, where gradients are needed (the op has no backward), the
+    grid_sample reference, which the compiler fuses itself."""
+    table = spatial_shapes if level_table is None else level_table
+    if not torch.compiler.is_compiling():
+        return ms_deform_attn_triton(value, table, sampling_locations, attention_weights)
+    inputs = (value, sampling_locations, attention_weights)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        return ms_deform_attn_grid_sample(value, spatial_shapes, sampling_locations, attention_weights)
+    if not isinstance(table, Tensor):
+        table = torch.tensor(table, dtype=torch.int32, device=value.device)
+    return _msda_fused(value, table, sampling_locations, attention_weights)
+
+
+@torch.library.custom_op("codetr::msda_fused", mutates_args=())
+def _msda_fused(value: Tensor, spatial_shapes: Tensor, sampling_locations: Tensor,
+                attention_weights: Tensor) -> Tensor:
+    return ms_deform_attn_triton(value, spatial_shapes, sampling_locations, attention_weights)
+
+
+@_msda_fused.register_fake
+def _msda_fused_shape(value: Tensor, spatial_shapes: Tensor, sampling_locations: Tensor,
+                      attention_weights: Tensor) -> Tensor:
+    B, _, M, D = value.shape
+    return value.new_empty(B, sampling_locations.shape[1], M * D)                  # [B, Q, M*D]
 
 
 def ms_deform_attn_grid_sample(value: Tensor, spatial_shapes: Shapes, sampling_locations: Tensor,

@@ -24,7 +24,7 @@ from torch import Tensor
 from codetr.anchors import AnchorGenerator
 from codetr.backbones import BackboneConfig, build_backbone
 from codetr.config_checks import COMMON_MINIMUMS, require_at_least
-from codetr.detector import Detector, InputSpec, LossOutput, mmdet_input_spec
+from codetr.detector import ClassLayout, Detector, InputSpec, LossOutput, mmdet_input_spec
 from codetr.necks.fpn import EXTRA_SOURCES, FPN
 from codetr.sampling import RCNN_SAMPLING, RPN_SAMPLING, AssignSampleConfig
 from codetr.structures import ClassInfo, Detections, Target
@@ -154,6 +154,10 @@ class FasterRCNN(Detector):
         self.weight_dict = {"loss_rpn_cls": c.rpn_cls_weight, "loss_rpn_bbox": c.rpn_box_weight,
                             "loss_cls": c.cls_weight, "loss_bbox": c.box_weight}
 
+    def class_layers(self) -> dict[str, ClassLayout]:
+        """The RoI head's classifier and box regressor; the RPN is class-agnostic."""
+        return self.parameters_of(roi_class_layouts("roi_head.bbox_head", self.roi_head.bbox_head))
+
     # -- forward ---------------------------------------------------------------------------
     def forward(self, images: Tensor, sizes: Tensor, targets: list[Target] | None = None) -> dict | LossOutput:
         """Train: ``LossOutput`` with losses ``loss_rpn_cls``, ``loss_rpn_bbox`` (summed over
@@ -216,3 +220,13 @@ class FasterRCNN(Detector):
             dets, labels = self.roi_head.bbox_head.detections(rois, cls_score, bbox_pred, size)
             results.append(Detections(dets[:, :4], dets[:, 4], labels))
         return results
+
+
+def roi_class_layouts(prefix: str, head: Shared2FCBBoxHead) -> dict[str, ClassLayout]:
+    """The class-dependent layers of an mmdet box head at ``prefix``: the softmax classifier
+    (background the last row) and, unless class-agnostic, the regressor's 4 deltas per class."""
+    k = head.num_classes
+    layouts = {f"{prefix}.fc_cls": ClassLayout(k, trailing=1)}
+    if head.fc_reg.out_features == 4 * k:
+        layouts[f"{prefix}.fc_reg"] = ClassLayout(k, per_class=4)
+    return layouts

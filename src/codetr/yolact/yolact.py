@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ..backbones import BackboneConfig, build_backbone
 from ..coders import ssd_decode
 from ..config_checks import COMMON_MINIMUMS, require_at_least
-from ..detector import Detector, InputSpec, LossOutput
+from ..detector import ClassLayout, Detector, InputSpec, LossOutput
 from ..structures import ClassInfo, Detections, Target
 from .fast_nms import NMSResult, cross_class_fast_nms, fast_nms
 from .fpn import YolactFPN
@@ -112,6 +112,13 @@ class Yolact(Detector):
                 if isinstance(m, nn.Conv2d):
                     nn.init.xavier_uniform_(m.weight)
                     nn.init.zeros_(m.bias)
+
+    def class_layers(self) -> dict[str, ClassLayout]:
+        """The head's class conv: per prior, the background logit first, then one per class
+        (channels = priors x (classes + 1)); the semantic segmentation conv: one map per class."""
+        k = self.num_classes
+        return self.parameters_of({"head.conf_layer": ClassLayout(k, leading=1, groups=self.head.num_priors),
+                                   "semantic_seg_conv": ClassLayout(k)})
 
     # -- forward ---------------------------------------------------------------------------
     def forward_raw(self, images: Tensor) -> dict[str, Tensor]:
