@@ -270,3 +270,43 @@ def test_line_width_grows_with_the_image():
         row = pixels[size * 2 // 3, size // 4:size // 2]   # below the label
         return int((row == class_color(2)).all(axis=-1).sum())
     assert width(64) == 1 and width(640) < width(1600)
+
+
+def flat_tensors(tree) -> list[torch.Tensor]:
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    items = [tree[k] for k in sorted(tree)] if isinstance(tree, dict) else tree
+    return [t for item in items for t in flat_tensors(item)]
+
+
+def test_amp_runs_the_network_in_bf16_and_postprocesses_float32(model, monkeypatch):
+    """``predict(amp="bf16")``: the convolutions see bfloat16, the post-processing float32 outputs
+    close to the float32 pass's; the default stays float32."""
+    seen, outputs = [], []
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    handle = conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    postprocess = model.postprocess
+    monkeypatch.setattr(model, "postprocess", lambda out, sizes: outputs.append(out) or postprocess(out, sizes))
+    try:
+        [full] = model.predict(PIXELS)
+        [mixed] = model.predict(PIXELS, amp="bf16")
+    finally:
+        handle.remove()
+    assert seen == [torch.float32, torch.bfloat16]
+    pairs = list(zip(flat_tensors(outputs[0]), flat_tensors(outputs[1])))
+    assert pairs and all(b.dtype == a.dtype != torch.bfloat16 for a, b in pairs)
+    # bfloat16 keeps 8 bits of mantissa: within 5% of each output's range on this random network
+    assert all((a - b).abs().max() <= 0.05 * a.abs().max() for a, b in pairs if a.is_floating_point())
+    assert any(not torch.equal(a, b) for a, b in pairs)
+    assert mixed.boxes.dtype == full.boxes.dtype == torch.float32
+
+
+def test_cli_amp(model, checkpoint, tmp_path):
+    Image.fromarray(PIXELS).save(tmp_path / "a.png")
+    assert main(["predict", str(checkpoint), str(tmp_path / "a.png"), "--out", str(tmp_path / "o"),
+                 "--amp", "bf16", "--score-threshold", "0"]) == 0
+    records = json.loads((tmp_path / "o" / "predictions.json").read_text())
+    expected = predict_module.detection_records("a.png", model.predict(PIXELS, amp="bf16")[0], model.classes)
+    assert records and records == json.loads(json.dumps(expected))
+    with pytest.raises(SystemExit):   # argparse: a choice outside none / bf16 / fp16 / auto
+        main(["predict", str(checkpoint), str(tmp_path / "a.png"), "--amp", "half"])

@@ -26,6 +26,8 @@ CONFIG_HELP = ("run config file, JSON or YAML (YAML needs PyYAML): any --set key
                "{\"train\": {\"epochs\": 24}}; a run folder's config.json repeats that run's settings. "
                "--data, --out and --set override it")
 DEVICE_HELP = "auto (default: the GPU when torch sees one, else the CPU), cpu, cuda, cuda:1, mps"
+AMP_HELP = ("the network pass in mixed precision: none (default, float32), bf16, fp16, or auto (bf16 where the "
+            "device has bf16 units: recent GPUs, CPUs with AVX512-BF16 or AMX); post-processing stays float32")
 PROCS_HELP = ("CPU training in this many single-threaded DDP processes (gloo); train.batch_size is per process "
               "(default: the recipe's train.procs, at most one per core). For GPUs use torchrun")
 
@@ -96,6 +98,7 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
                    "data.val_ann=ann.json data.val_images=imgs/ (after --config)")
     e.add_argument("--batch-size", type=int, default=4)
     e.add_argument("--device", default="auto", help=DEVICE_HELP)
+    e.add_argument("--amp", default="none", choices=["none", "bf16", "fp16", "auto"], help=AMP_HELP)
     e.add_argument("--results", default=None, help="also write the COCO results json here")
     e.add_argument("--plot", default=None, metavar="PNG", help="precision-recall plot at IoU 0.5, per class and "
                    "all (default: pr_curve.png beside the checkpoint; needs matplotlib)")
@@ -112,6 +115,7 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--score-threshold", type=float, default=0.3)
     pr.add_argument("--batch-size", type=int, default=4, help="images or frames per forward pass (default %(default)s)")
     pr.add_argument("--device", default="auto", help=DEVICE_HELP)
+    pr.add_argument("--amp", default="none", choices=["none", "bf16", "fp16", "auto"], help=AMP_HELP)
 
     c = sub.add_parser("convert", help="official checkpoint -> codetr checkpoint")
     c.add_argument("family", help=", ".join(cli_names()))

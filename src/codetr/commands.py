@@ -148,6 +148,7 @@ def plot(args: Namespace) -> int:
 
 def eval(args: Namespace) -> int:  # noqa: A001 (the subcommand's name)
     from .api import load
+    from .backends import amp_dtype
     from .config import RunConfig, apply_overrides, load_config
     from .data.build import val_dataset
     from .data.loader import build_loader
@@ -170,7 +171,8 @@ def eval(args: Namespace) -> int:  # noqa: A001 (the subcommand's name)
                          f"different categories: {mismatch}")
     loader = build_loader(dataset, args.batch_size, shuffle=False, num_workers=0,
                           size_divisibility=model.input_spec.size_divisibility)
-    metrics = evaluate(model, loader, dataset.coco, model.classes, results_path=args.results, plot_path=plot)
+    metrics = evaluate(model, loader, dataset.coco, model.classes, results_path=args.results, plot_path=plot,
+                       amp=amp_dtype(args.amp, device))
     _print_metrics(metrics)
     return 0
 
@@ -185,7 +187,7 @@ def predict(args: Namespace) -> int:
     device = resolve_device(args.device, setting="--device")
     refuse_existing([args.out], args.force)
     model = load(args.checkpoint).to(device)
-    path = predict_files(model, args.inputs, args.out, args.score_threshold, args.batch_size)
+    path = predict_files(model, args.inputs, args.out, args.score_threshold, args.batch_size, args.amp)
     print(f"wrote {path} and the drawings in {path.parent}")
     return 0
 

@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from .backends import amp_dtype
 from .config_checks import require_at_least
 from .images import ImageLike, load_rgb, resized_hw
 from .structures import ClassInfo, Detections
@@ -191,16 +192,26 @@ class Detector(nn.Module):
             return criterion(*(as_float32(x) for x in inputs))
 
     @torch.no_grad()
-    def detect(self, images: Tensor, sizes: Tensor, orig_sizes: Sequence[tuple[int, int]]) -> list[Detections]:
-        """Eval forward + postprocess, boxes rescaled from ``sizes`` to ``orig_sizes``."""
+    def eval_forward(self, images: Tensor, sizes: Tensor, amp: torch.dtype | None = None) -> dict:
+        """The eval-mode network outputs of a batch, whatever mode the model is in: under autocast
+        to ``amp`` when given (outputs cast back to float32, for the post-processing), with the
+        images in NHWC on CPU, where oneDNN's convolutions are faster (~20% for an R50-FPN)."""
         was_training = self.training
         self.eval()
-        if images.device.type == "cpu":  # oneDNN convolutions are faster in NHWC (~20% for an R50-FPN)
+        if images.device.type == "cpu":
             images = images.contiguous(memory_format=torch.channels_last)
         try:
-            dets = self.postprocess(self(images, sizes), sizes)
+            with torch.autocast(images.device.type, dtype=amp, enabled=amp is not None):
+                outputs = self(images, sizes)
         finally:
             self.train(was_training)
+        return as_float32(outputs) if amp is not None else outputs
+
+    @torch.no_grad()
+    def detect(self, images: Tensor, sizes: Tensor, orig_sizes: Sequence[tuple[int, int]],
+               amp: torch.dtype | None = None) -> list[Detections]:
+        """``eval_forward`` + postprocess, boxes rescaled from ``sizes`` to ``orig_sizes``."""
+        dets = self.postprocess(self.eval_forward(images, sizes, amp), sizes)
         return [rescale(d, tuple(s.tolist()), o) for d, s, o in zip(dets, sizes, orig_sizes)]
 
     def prepare(self, images: Sequence[ImageLike]) -> tuple[Tensor, Tensor, list[tuple[int, int]]]:
@@ -216,7 +227,8 @@ class Detector(nn.Module):
         return pad_images(tensors, spec.size_divisibility), sizes, orig
 
     @torch.no_grad()
-    def predict(self, inputs: ImageLike | Iterable[ImageLike], batch_size: int = 4) -> list[Detections]:
+    def predict(self, inputs: ImageLike | Iterable[ImageLike], batch_size: int = 4,
+                amp: str = "none") -> list[Detections]:
         """Images -> Detections in original pixels (the upright frame for files), one per image.
 
         ``inputs`` is one image or an iterable of them (a list, tuple or generator), each:
@@ -228,6 +240,9 @@ class Detector(nn.Module):
           or [H, W], of dtype uint8 (0..255), uint16 (0..65535, scaled by 1/257) or float in
           [0, 1]. Other dtypes, floats outside [0, 1], NaN / inf and empty images raise a
           ValueError naming the dtype and the observed range or the shape.
+
+        ``amp``: the network pass in mixed precision, as ``train.amp`` (none, bf16, fp16, or
+        auto: bf16 where the device has bf16 units); post-processing stays in float32.
         """
         if isinstance(inputs, (str, Path, Image.Image, np.ndarray, Tensor)):
             inputs = [inputs]
@@ -237,10 +252,11 @@ class Detector(nn.Module):
             raise ValueError(f"predict: batch_size must be a positive integer, got {batch_size!r}")
         inputs = list(inputs)
         device = next(self.parameters()).device
+        dtype = amp_dtype(amp, device)
         out: list[Detections] = []
         for start in range(0, len(inputs), batch_size):
             images, sizes, orig = self.prepare(inputs[start:start + batch_size])
-            out += [d.to("cpu") for d in self.detect(images.to(device), sizes.to(device), orig)]
+            out += [d.to("cpu") for d in self.detect(images.to(device), sizes.to(device), orig, dtype)]
         return out
 
 

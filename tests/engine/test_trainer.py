@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from codetr.engine.checkpoint import CheckpointError, load_checkpoint
-from codetr.engine.trainer import (HookBase, Trainer, amp_dtype, build_optimizer, build_scheduler, lr_factor,
+from codetr.backends import amp_dtype
+from codetr.engine.trainer import (HookBase, Trainer, build_optimizer, build_scheduler, lr_factor,
                                    optimizer_steps_per_epoch, param_groups, seed_all, train)
 
 from .fakes import TinyDetector, ToyDataset, build_loader, classes, run_config, toy_coco

@@ -237,18 +237,15 @@ class CoDETR(Detector):
                                       None if scale_factor is None else [scale_factor])[0]
 
     @torch.no_grad()
-    def detect(self, images: Tensor, sizes: Tensor, orig_sizes: Sequence[tuple[int, int]]) -> list[Detections]:
-        """Eval forward + postprocess with the official ``rescale``: boxes divided by the resize
+    def detect(self, images: Tensor, sizes: Tensor, orig_sizes: Sequence[tuple[int, int]],
+               amp: torch.dtype | None = None) -> list[Detections]:
+        """``eval_forward`` + postprocess with the official ``rescale``: boxes divided by the resize
         factors (w / ow, h / oh) before the NMS, so detections come out in original pixels."""
-        was_training = self.training
-        self.eval()
-        try:
-            orig = host_to_device(orig_sizes, sizes.device, torch.float32)             # [B, 2] (oh, ow)
-            # float32 division of integers rounds as the official float64 quotient cast to float32
-            factors = (sizes.float() / orig).flip(1).repeat(1, 2)                     # [B, 4] (w/ow, h/oh, w/ow, h/oh)
-            return self.postprocess(self(images, sizes), sizes, factors)
-        finally:
-            self.train(was_training)
+        outputs = self.eval_forward(images, sizes, amp)
+        orig = host_to_device(orig_sizes, sizes.device, torch.float32)             # [B, 2] (oh, ow)
+        # float32 division of integers rounds as the official float64 quotient cast to float32
+        factors = (sizes.float() / orig).flip(1).repeat(1, 2)                     # [B, 4] (w/ow, h/oh, w/ow, h/oh)
+        return self.postprocess(outputs, sizes, factors)
 
 
 def query_topk(logits: Tensor, boxes: Tensor, sizes: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -197,10 +197,11 @@ class DenseDetector(Detector):
         return boxes, self.scores.final(scores, q[idx, 0] if q is not None else None), labels
 
     @torch.no_grad()
-    def detect(self, images: Tensor, sizes: Tensor, orig_sizes: Sequence[tuple[int, int]]) -> list[Detections]:
+    def detect(self, images: Tensor, sizes: Tensor, orig_sizes: Sequence[tuple[int, int]],
+               amp: torch.dtype | None = None) -> list[Detections]:
         """As ``Detector.detect``; with ``clip_to_original`` then clipped to the original image
         and boxes with a side <= 0 dropped (cvpods' ``detector_postprocess``)."""
-        dets = super().detect(images, sizes, orig_sizes)
+        dets = super().detect(images, sizes, orig_sizes, amp)
         return [clip_and_drop_empty(d, hw) for d, hw in zip(dets, orig_sizes)] if self.clip_to_original else dets
 
 

@@ -43,11 +43,12 @@ MAX_LEGEND_CLASSES = 20            # more classes: their curves are drawn withou
 
 def evaluate(model: torch.nn.Module, loader: Iterable, coco_gt: Any, classes: ClassInfo,
              results_path: str | Path | None = None, progress: bool = False,
-             plot_path: str | Path | None = None) -> dict[str, Any]:
+             plot_path: str | Path | None = None, amp: torch.dtype | None = None) -> dict[str, Any]:
     """Box (and, when detections carry masks, mask) metrics of ``model`` on ``loader`` (module
     docstring); AP and AR are 0 when there is no detection at all. ``results_path``: also write
-    the COCO results; ``plot_path``: also draw the box precision-recall curves there (a PNG)."""
-    results, image_ids = collect_results(model, loader, classes, progress)
+    the COCO results; ``plot_path``: also draw the box precision-recall curves there (a PNG);
+    ``amp``: the autocast dtype of the network pass (``Detector.detect``)."""
+    results, image_ids = collect_results(model, loader, classes, progress, amp)
     metrics: dict[str, Any] = {}
     if du.is_main():
         if results_path is not None:
@@ -64,7 +65,7 @@ def evaluate(model: torch.nn.Module, loader: Iterable, coco_gt: Any, classes: Cl
 
 @torch.no_grad()
 def collect_results(model: torch.nn.Module, loader: Iterable, classes: ClassInfo,
-                    progress: bool = False) -> tuple[list[dict], list[int]]:
+                    progress: bool = False, amp: torch.dtype | None = None) -> tuple[list[dict], list[int]]:
     """COCO results of every rank, deduplicated by image id (a distributed sampler pads with
     repeats), and the evaluated image ids. Complete on rank 0 (and on every rank)."""
     model = getattr(model, "module", model)  # DDP
@@ -74,7 +75,7 @@ def collect_results(model: torch.nn.Module, loader: Iterable, classes: ClassInfo
     for batch in tqdm(loader, desc="eval", disable=not (progress and du.is_main())):
         batch = batch.to(device)
         orig_sizes = [t.orig_size for t in batch.targets]
-        for det, target in zip(model.detect(batch.images, batch.sizes, orig_sizes), batch.targets):
+        for det, target in zip(model.detect(batch.images, batch.sizes, orig_sizes, amp), batch.targets):
             per_image[int(target.image_id)] = to_coco_results(det.to("cpu"), target.image_id, classes)
     merged: dict[int, list[dict]] = {}
     for part in du.all_gather_object(per_image):

@@ -182,7 +182,7 @@ def load_readable(paths: Sequence[Path], skipped: list[tuple[Path, str]]) -> lis
 
 
 def predict_files(model: Detector, inputs: Iterable[str | Path], out_dir: str | Path,
-                  score_threshold: float = 0.3, batch_size: int = 4) -> Path:
+                  score_threshold: float = 0.3, batch_size: int = 4, amp: str = "none") -> Path:
     """Run ``model`` (on its device) on image and video files, folders of them and glob
     patterns (``find_inputs``), ``batch_size`` images or frames at a time. Writes, named by
     ``output_names`` (the file name for the files of one folder):
@@ -196,7 +196,8 @@ def predict_files(model: Detector, inputs: Iterable[str | Path], out_dir: str | 
     Files that cannot be read are skipped: a warning each, a summary line, and
     ``out_dir/skipped.txt`` with one tab-separated "path, reason" line each (removed when none is
     skipped, so it never describes an earlier run). The others are predicted as usual. A
-    progress bar counts images and frames on a terminal. Returns the predictions.json path."""
+    progress bar counts images and frames on a terminal. ``amp``: as ``Detector.predict``'s.
+    Returns the predictions.json path."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out_dir = Path(out_dir)
@@ -209,10 +210,10 @@ def predict_files(model: Detector, inputs: Iterable[str | Path], out_dir: str | 
     out_dir.mkdir(parents=True, exist_ok=True)
     skipped: list[tuple[Path, str]] = []
     with logging_redirect_tqdm():
-        records = predict_images(model, images, names, out_dir, score_threshold, batch_size, skipped)
+        records = predict_images(model, images, names, out_dir, score_threshold, batch_size, skipped, amp)
         for video in videos:
             try:
-                predict_video(model, video, names[video], out_dir, score_threshold, batch_size)
+                predict_video(model, video, names[video], out_dir, score_threshold, batch_size, amp)
             except VideoReadError as e:
                 logger.warning("skipping an unreadable video: %s", e)
                 skipped.append((video, str(e)))
@@ -229,14 +230,15 @@ def progress(total: int | None, desc: str, unit: str) -> tqdm:
 
 
 def predict_images(model: Detector, paths: Sequence[Path], names: dict[Path, str], out_dir: Path,
-                   score_threshold: float, batch_size: int, skipped: list[tuple[Path, str]]) -> list[dict]:
+                   score_threshold: float, batch_size: int, skipped: list[tuple[Path, str]],
+                   amp: str = "none") -> list[dict]:
     """The predictions.json records of ``paths``, whose drawings are written to ``out_dir``
     (``output_files``); unreadable files are added to ``skipped``."""
     records: list[dict] = []
     with progress(len(paths), "images", "image") as bar:
         for chunk in batched(paths, batch_size):
             loaded = load_readable(chunk, skipped)
-            dets = model.predict([rgb for _, rgb in loaded], batch_size=batch_size)
+            dets = model.predict([rgb for _, rgb in loaded], batch_size=batch_size, amp=amp)
             for (path, rgb), det in zip(loaded, dets):
                 det = keep_confident(det, score_threshold)
                 records += detection_records(names[path], det, model.classes)
@@ -248,7 +250,7 @@ def predict_images(model: Detector, paths: Sequence[Path], names: dict[Path, str
 
 
 def predict_video(model: Detector, path: Path, name: str, out_dir: Path, score_threshold: float,
-                  batch_size: int) -> None:
+                  batch_size: int, amp: str = "none") -> None:
     """Write the ``output_files`` of a video: ``out_dir/<name less suffix>.mp4``, the frames
     drawn at the video's frame rate and size, and ``.json``: {"video": name, "fps", "frames":
     [{"frame": i, "detections": [records as predictions.json's, file_name the video's name]}]}.
@@ -259,7 +261,7 @@ def predict_video(model: Detector, path: Path, name: str, out_dir: Path, score_t
     with read_video(path) as video, write_video(drawn, video.fps, video.width, video.height) as write, \
             progress(video.num_frames, name, "frame") as bar:
         for batch in batched(video.frames, batch_size):
-            for rgb, det in zip(batch, model.predict(batch, batch_size=batch_size)):
+            for rgb, det in zip(batch, model.predict(batch, batch_size=batch_size, amp=amp)):
                 det = keep_confident(det, score_threshold)
                 frames.append({"frame": len(frames), "detections": detection_records(name, det, model.classes)})
                 write(draw(rgb, det, model.classes))

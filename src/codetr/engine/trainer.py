@@ -45,7 +45,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .. import distributed as du
-from ..backends import configure_tf32
+from ..backends import amp_dtype, configure_tf32
 from ..config import ConfigError, RunConfig, TrainConfig
 from ..detector import LossOutput
 from ..structures import Batch, ClassInfo
@@ -509,22 +509,6 @@ def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``train.amp`` on ``device`` (None: full precision). ``"auto"`` is
-    bfloat16 where the device computes it natively (CUDA GPUs with bf16, CPUs with AVX512-BF16
-    or AMX: there the tiny recipes step ~1.4x faster) and full precision elsewhere, where
-    emulated bfloat16 would be slower than float32."""
-    if amp == "auto":
-        if device.type == "cuda":
-            native = torch.cuda.is_bf16_supported()
-        else:
-            native = device.type == "cpu" and any(
-                getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported",
-                                                                        "_is_amx_tile_supported"))
-        return torch.bfloat16 if native else None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
 
 
 def resolve_device(name: str, setting: str = "train.device") -> torch.device:

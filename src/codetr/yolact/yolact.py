@@ -193,19 +193,15 @@ class Yolact(Detector):
                 for r, p, s in zip(self.nms(outputs), outputs["proto"], sizes)]
 
     @torch.no_grad()
-    def detect(self, images: Tensor, sizes: Tensor, orig_sizes: Sequence[tuple[int, int]]) -> list[Detections]:
+    def detect(self, images: Tensor, sizes: Tensor, orig_sizes: Sequence[tuple[int, int]],
+               amp: torch.dtype | None = None) -> list[Detections]:
         """As official: the network sees each image resized to the full (square) input, and the
         relative boxes and the masks go straight to the original size (no intermediate frame)."""
         full = torch.tensor(images.shape[-2:], device=sizes.device)
         if not bool((sizes == full).all()):
             raise ValueError(f"Yolact needs unpadded inputs (each image resized to the {tuple(full.tolist())} "
                              f"input, as Yolact.prepare and the square data pipeline do); got sizes {sizes.tolist()}")
-        was_training = self.training
-        self.eval()
-        try:
-            outputs = self(images, sizes)
-        finally:
-            self.train(was_training)
+        outputs = self.eval_forward(images, sizes, amp)
         return [self.detections_at(result, proto, tuple(orig))
                 for result, proto, orig in zip(self.nms(outputs), outputs["proto"], orig_sizes)]
 
