@@ -33,30 +33,34 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import codetr.zoo  # noqa: E402
+from codetr.backends import amp_dtype  # noqa: E402
 from bench_deformable_detr import (NUM_CLASSES, HotTimer, Inputs, Runner, adamw, hf_labels,  # noqa: E402
                                    make_inputs, valid_mask)
 
 NUM_QUERIES = 900
 
 
-def build_codetr() -> Runner:
+def build_codetr(amp: str = "none") -> Runner:
+    """codetr's DINO; eval through ``eval_forward`` (the network pass of ``codetr eval`` and
+    ``predict``: NHWC on CPU, autocast to ``amp``); train under autocast to ``amp`` as
+    ``train.amp`` does."""
     model = codetr.zoo.create("dino_r50_4scale", num_classes=NUM_CLASSES)
     opt = adamw(model)
+    dtype = amp_dtype(amp, torch.device("cpu"))
 
-    @torch.no_grad()
     def eval_step(x: Inputs) -> None:
-        model.eval()
-        model(x.images, x.sizes)
+        model.eval_forward(x.images, x.sizes, dtype)
 
     def train_step(x: Inputs) -> None:
         model.train()
-        losses = model(x.images, x.sizes, x.targets)
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            losses = model(x.images, x.sizes, x.targets)
         loss = losses.total()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    return Runner("codetr", model, eval_step, train_step, opt)
+    return Runner("codetr" if dtype is None else f"codetr-{amp}", model, eval_step, train_step, opt)
 
 
 def hf_model() -> nn.Module:
@@ -110,15 +114,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="print the top N ops of one profiled codetr train step (batch = first --batch)")
     p.add_argument("--out", default=None, help="append the table (with command, machine, date) here")
+    p.add_argument("--codetr-amp", nargs="+", default=["none"], choices=["none", "bf16", "auto"],
+                   help="codetr runners: one per precision (HF runs float32)")
     return p.parse_args(argv)
 
 
-def build_runners(only: str | None) -> list[Runner]:
+def build_runners(only: str | None, codetr_amps: list[str]) -> list[Runner]:
+    builds = [(lambda amp=amp: build_codetr(amp)) for amp in codetr_amps] if only in (None, "codetr") else []
     runners = []
-    for name, build in {"codetr": build_codetr, "hf": build_hf}.items():
-        if only in (None, name):
-            torch.manual_seed(0)
-            runners.append(build())
+    for build in builds + ([build_hf] if only in (None, "hf") else []):
+        torch.manual_seed(0)
+        runners.append(build())
     return runners
 
 
@@ -138,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    runners = build_runners(args.only)
+    runners = build_runners(args.only, args.codetr_amp)
     hot = HotTimer()
     hot.install(next((r.optimizer for r in runners if r.name == "codetr"), None))
     text = report(args, argv, runners, common.run_all(args, runners, hot))
