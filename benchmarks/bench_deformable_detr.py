@@ -51,6 +51,7 @@ import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 import codetr.zoo  # noqa: E402
+from codetr.backends import amp_dtype  # noqa: E402
 import codetr.nn.deformable_attention as codetr_msda_site  # noqa: E402
 from codetr.assign.hungarian import HungarianMatcher  # noqa: E402
 from codetr.boxes import xyxy_to_cxcywh  # noqa: E402
@@ -110,24 +111,27 @@ def adamw(model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-4)
 
 
-def build_codetr() -> Runner:
-    model = codetr.zoo.create("deformable_detr_r50_two_stage", num_classes=NUM_CLASSES)
+def codetr_runner(zoo_name: str, amp: str = "none") -> Runner:
+    """codetr's ``zoo_name``; eval through ``eval_forward`` (the network pass of ``codetr eval``
+    and ``predict``: NHWC on CPU, autocast to ``amp``); train under autocast to ``amp`` as
+    ``train.amp`` does. Named "codetr", or "codetr-<amp>" in mixed precision."""
+    model = codetr.zoo.create(zoo_name, num_classes=NUM_CLASSES)
     opt = adamw(model)
+    dtype = amp_dtype(amp, torch.device("cpu"))
 
-    @torch.no_grad()
     def eval_step(x: Inputs) -> None:
-        model.eval()
-        model(x.images, x.sizes)
+        model.eval_forward(x.images, x.sizes, dtype)
 
     def train_step(x: Inputs) -> None:
         model.train()
-        losses = model(x.images, x.sizes, x.targets)
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            losses = model(x.images, x.sizes, x.targets)
         loss = losses.total()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    return Runner("codetr", model, eval_step, train_step, opt)
+    return Runner("codetr" if dtype is None else f"codetr-{amp}", model, eval_step, train_step, opt)
 
 
 def hf_model(official_dropout: bool = True) -> nn.Module:
@@ -356,16 +360,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="print the top N ops of one profiled codetr train step (batch = first --batch)")
     p.add_argument("--out", default=None, help="append the table (with command, machine, date) here")
+    p.add_argument("--codetr-amp", nargs="+", default=["none"], choices=["none", "bf16", "auto"],
+                   help="codetr runners: one per precision (HF runs float32)")
     return p.parse_args(argv)
 
 
-def build_runners(only: str | None, hf_dropout: str) -> list[Runner]:
-    builders = {"codetr": build_codetr, "hf": lambda: build_hf(hf_dropout == "official")}
+def build_runners(only: str | None, hf_dropout: str, codetr_amps: list[str]) -> list[Runner]:
+    builds = [(lambda amp=amp: codetr_runner("deformable_detr_r50_two_stage", amp)) for amp in codetr_amps]
+    builds = (builds if only in (None, "codetr") else []) + (
+        [lambda: build_hf(hf_dropout == "official")] if only in (None, "hf") else [])
     runners = []
-    for name, build in builders.items():
-        if only in (None, name):
-            torch.manual_seed(0)
-            runners.append(build())
+    for build in builds:
+        torch.manual_seed(0)
+        runners.append(build())
     return runners
 
 
@@ -398,7 +405,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    runners = build_runners(args.only, args.hf_dropout)
+    runners = build_runners(args.only, args.hf_dropout, args.codetr_amp)
     hot = HotTimer()
     hot.install(next((r.optimizer for r in runners if r.name == "codetr"), None))
     text = report(args, argv, runners, run_all(args, runners, hot))

@@ -32,35 +32,10 @@ import bench_deformable_detr as common  # noqa: E402  (sets the HF offline varia
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-import codetr.zoo  # noqa: E402
-from codetr.backends import amp_dtype  # noqa: E402
 from bench_deformable_detr import (NUM_CLASSES, HotTimer, Inputs, Runner, adamw, hf_labels,  # noqa: E402
                                    make_inputs, valid_mask)
 
 NUM_QUERIES = 900
-
-
-def build_codetr(amp: str = "none") -> Runner:
-    """codetr's DINO; eval through ``eval_forward`` (the network pass of ``codetr eval`` and
-    ``predict``: NHWC on CPU, autocast to ``amp``); train under autocast to ``amp`` as
-    ``train.amp`` does."""
-    model = codetr.zoo.create("dino_r50_4scale", num_classes=NUM_CLASSES)
-    opt = adamw(model)
-    dtype = amp_dtype(amp, torch.device("cpu"))
-
-    def eval_step(x: Inputs) -> None:
-        model.eval_forward(x.images, x.sizes, dtype)
-
-    def train_step(x: Inputs) -> None:
-        model.train()
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-            losses = model(x.images, x.sizes, x.targets)
-        loss = losses.total()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return Runner("codetr" if dtype is None else f"codetr-{amp}", model, eval_step, train_step, opt)
 
 
 def hf_model() -> nn.Module:
@@ -120,7 +95,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def build_runners(only: str | None, codetr_amps: list[str]) -> list[Runner]:
-    builds = [(lambda amp=amp: build_codetr(amp)) for amp in codetr_amps] if only in (None, "codetr") else []
+    builds = [(lambda amp=amp: common.codetr_runner("dino_r50_4scale", amp)) for amp in codetr_amps
+              ] if only in (None, "codetr") else []
     runners = []
     for build in builds + ([build_hf] if only in (None, "hf") else []):
         torch.manual_seed(0)
