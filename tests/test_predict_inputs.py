@@ -272,13 +272,6 @@ def test_line_width_grows_with_the_image():
     assert width(64) == 1 and width(640) < width(1600)
 
 
-def flat_tensors(tree) -> list[torch.Tensor]:
-    if isinstance(tree, torch.Tensor):
-        return [tree]
-    items = [tree[k] for k in sorted(tree)] if isinstance(tree, dict) else tree
-    return [t for item in items for t in flat_tensors(item)]
-
-
 def test_amp_runs_the_network_in_bf16_and_postprocesses_float32(model, monkeypatch):
     """``predict(amp="bf16")``: the convolutions see bfloat16, the post-processing float32 outputs
     close to the float32 pass's; the default stays float32."""
@@ -293,7 +286,9 @@ def test_amp_runs_the_network_in_bf16_and_postprocesses_float32(model, monkeypat
     finally:
         handle.remove()
     assert seen == [torch.float32, torch.bfloat16]
-    pairs = list(zip(flat_tensors(outputs[0]), flat_tensors(outputs[1])))
+    from tests.test_contract import flat
+
+    pairs = list(zip(flat(outputs[0]), flat(outputs[1])))
     assert pairs and all(b.dtype == a.dtype != torch.bfloat16 for a, b in pairs)
     # bfloat16 keeps 8 bits of mantissa: within 5% of each output's range on this random network
     assert all((a - b).abs().max() <= 0.05 * a.abs().max() for a, b in pairs if a.is_floating_point())
