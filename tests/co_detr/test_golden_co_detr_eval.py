@@ -210,6 +210,22 @@ def test_positive_queries(case: Case, head: int):
     close(boxes, ref_boxes, HEAD_ATOL)
 
 
+def test_one_pass_equals_separate_passes(case: Case):
+    """``decode`` with both heads' positive queries joined to the main queries (training's one
+    decoder pass, block-diagonal self-attention) = the main pass and each head's own pass."""
+    head = case.raw["_inter"].head
+    positives = [(aux[0], aux[-2]) for aux in case.train["aux_targets"]]
+    with torch.no_grad():
+        joint, per_head = case.model.query_head.decode(head.enc, head.maps, None, positives)
+        for k, (coords, feats) in enumerate(positives):
+            alone = case.model.query_head.forward_positive(head.enc, coords, feats, k)
+            close(per_head[k][0], alone[0], 1e-5)
+            close(per_head[k][1], alone[1], 1e-5)
+    close(joint.logits, head.logits, 1e-5)
+    close(joint.boxes, head.boxes, 1e-5)
+    close(joint.dec.hidden, head.dec.hidden, 1e-5)
+
+
 def test_detect_gives_original_pixels(case: Case):
     """``detect`` (the predict path) with the fixture's batch = the official rescaled results;
     factors from (valid size / original size) match the official scale_factor to ~1e-7."""

@@ -142,25 +142,28 @@ class CoDETR(Detector):
     def forward_train(self, images: Tensor, sizes: Tensor, targets: list[Target]) -> dict[str, Tensor | list[Tensor]]:
         """The official loss dict, keys in the official order: query head (+ ``enc_``, ``dn_``),
         RPN (per-level lists), RoI head i (suffix i), ATSS head j (suffix ``len(roi) + j``), then
-        each auxiliary head k's positive queries (``_aux{k}``). Every value is already weighted."""
-        c = self.config
+        each auxiliary head k's positive queries (``_aux{k}``). Every value is already weighted.
+        The auxiliary heads run on the encoder's maps before the decoder, so that their positive
+        queries join the main queries' decoder pass (``CoQueryHead.decode``); the random draws
+        keep the official order (denoising noise, samplers, positive-query subsampling)."""
+        c, qh = self.config, self.query_head
+        head_sizes, hw = self.head_sizes(images, sizes), tuple(images.shape[-2:])
         gt = GroundTruth([t.non_crowd().boxes for t in targets], [t.non_crowd().labels for t in targets],
-                         [tuple(s) for s in self.head_sizes(images, sizes).tolist()])
+                         [tuple(s) for s in head_sizes.tolist()])
         _, neck = self.features(images)
-        head_sizes, hw, dn = self.head_sizes(images, sizes), tuple(images.shape[-2:]), None
-        if isinstance(self.query_head, CoDINOHead):  # noise drawn before the head runs, as official
-            dn = self.query_head.denoising_queries(gt.boxes, gt.labels, head_sizes)
-            head = self.query_head(neck, head_sizes, hw, dn)
-        else:
-            head = self.query_head(neck, head_sizes, hw)
-        enc = encoder_outputs(head, c.variant)
+        dn = qh.denoising_queries(gt.boxes, gt.labels, head_sizes) if isinstance(qh, CoDINOHead) else None
+        enc = qh.encode(neck, head_sizes, hw)
+        maps = qh.aux_maps(enc)
+        aux_losses, pos_coords = self.aux_head_losses(maps, gt, pad_shapes(sizes, self.input_spec))
+        aux_targets = [] if qh.positive is None else [
+            get_aux_targets(coords, gt.img_hw, self.num_classes, c.max_pos_coords, maps) for coords in pos_coords]
+        head, positive = qh.decode(enc, maps, dn, [(t.coords, t.feats) for t in aux_targets])
         dn_meta = None if dn is None else {"pad_size": dn.pad_size, "num_dn_group": dn.num_groups}
-        losses = dict(self.float32_loss(self.criterion, head.logits, head.boxes, *enc.values(), gt, dn_meta))
-        aux_losses, pos_coords = self.aux_head_losses(head.maps, gt, pad_shapes(sizes, self.input_spec))
+        losses = dict(self.float32_loss(self.criterion, head.logits, head.boxes, *encoder_outputs(head, c.variant).values(),
+                                        gt, dn_meta))
         losses.update(aux_losses)
-        if self.query_head.positive is not None:
-            for k, coords in enumerate(pos_coords):
-                losses.update(self.positive_query_losses(head, coords, gt, k))
+        for k, (t, (logits, boxes)) in enumerate(zip(aux_targets, positive)):
+            losses.update(self.float32_loss(self.criterion.aux_losses, logits, boxes, t, gt.img_hw, k))
         return losses
 
     def aux_head_losses(self, maps: list[Tensor], gt: GroundTruth, pad: list[tuple[int, int]]
@@ -181,13 +184,6 @@ class CoDETR(Detector):
             losses.update({f"{k}{j + len(heads.roi_head)}": v for k, v in out.losses.items()})
             pos_coords.append(out.pos_coords)
         return losses, pos_coords
-
-    def positive_query_losses(self, head: QueryHeadOutput, pos_coords, gt: GroundTruth, k: int) -> dict[str, Tensor]:
-        """Auxiliary head k's positives as customised positive queries (Sec. 3.3): targets
-        (``aux_targets``), one decoder pass over the same memory, losses without matching."""
-        targets = get_aux_targets(pos_coords, gt.img_hw, self.num_classes, self.config.max_pos_coords, head.maps)
-        logits, boxes = self.query_head.forward_positive(head.enc, targets.coords, targets.feats, k)
-        return self.float32_loss(self.criterion.aux_losses, logits, boxes, targets, gt.img_hw, k)
 
     # -- test --------------------------------------------------------------------------------
     @torch.no_grad()

@@ -4,7 +4,11 @@ and Co-DINO, built from codetr's deformable transformers, plus what Co-DETR adds
 * the encoder memory back as multi-scale maps plus one stride-2 ``downsample`` level (Sec. 3.2:
   the auxiliary heads read these L + 1 maps, not the neck's);
 * customised positive queries (Sec. 3.3, ``PositiveQueries``): boxes from an auxiliary head's
-  positives become extra decoder queries, one decoder pass per auxiliary head.
+  positives become extra decoder queries. The official code decodes each head's group in a pass
+  of its own; in training ``decode`` runs the main queries and every group in ONE pass, each
+  group's self-attention blocked from the others (a block-diagonal mask). Every other decoder
+  operation acts on each query alone, so the outputs are the separate passes' (tested against
+  ``forward_positive``, the separate pass) at a fraction of the per-pass cost.
 
     neck maps [B, C, H_l, W_l] -> masks + sine positions -> deformable encoder -> memory [B, S, C]
       -> two-stage selection (Co-Def: class-0 logit; Co-DINO: best class) -> decoder (box refine)
@@ -20,6 +24,7 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -51,6 +56,46 @@ class QueryHeadOutput:
     @property
     def pad_size(self) -> int:
         return 0 if self.dn is None else self.dn.pad_size
+
+
+@dataclass
+class QueryGroup:
+    """Decoder queries that attend only to each other: content [B, Q, C], reference [B, Q, 4]
+    sigmoid cxcywh, position [B, Q, C] (Co-Deformable-DETR; Co-DINO derives it from the
+    reference: None) and the self-attention mask inside the group [Q, Q] (True = blocked) or None."""
+
+    content: Tensor
+    reference: Tensor
+    position: Tensor | None = None
+    attn_mask: Tensor | None = None
+
+    @property
+    def size(self) -> int:
+        return self.content.shape[1]
+
+
+def join_groups(groups: Sequence[QueryGroup]) -> QueryGroup:
+    """The groups as one query set whose self-attention mask is block-diagonal: a query sees
+    its own group only (within it, as the group's own mask says)."""
+    if len(groups) == 1:
+        return groups[0]
+    total = sum(g.size for g in groups)
+    mask = torch.ones(total, total, dtype=torch.bool, device=groups[0].content.device)
+    start = 0
+    for g in groups:
+        end = start + g.size
+        mask[start:end, start:end] = False if g.attn_mask is None else g.attn_mask
+        start = end
+    position = None if groups[0].position is None else torch.cat([g.position for g in groups], 1)
+    return QueryGroup(torch.cat([g.content for g in groups], 1), torch.cat([g.reference for g in groups], 1),
+                      position, mask)
+
+
+def split_decoder_output(dec: DecoderOutput, sizes: Sequence[int]) -> list[DecoderOutput]:
+    """``join_groups``' inverse on the decoder output: one ``DecoderOutput`` per group."""
+    hidden = dec.hidden.split(list(sizes), dim=2)
+    references = list(zip(*(r.split(list(sizes), dim=1) for r in dec.references)))
+    return [DecoderOutput(h, list(r)) for h, r in zip(hidden, references)]
 
 
 class PositiveQueries(nn.Module):
@@ -119,18 +164,49 @@ class CoQueryHead(nn.Module, ABC):
     def predict(self, dec: DecoderOutput) -> tuple[Tensor, Tensor]:
         return predict_per_layer(dec.hidden, dec.references, self.cls_branches, self.reg_branches, self.eps)
 
+    def forward(self, feats: list[Tensor], sizes: Tensor, image_hw: tuple[int, int],
+                dn: DenoisingQueries | None = None) -> QueryHeadOutput:
+        """Neck maps [B, C, H_l, W_l] of a batch padded to ``image_hw``, valid ``sizes`` [B, 2]
+        -> every decoder layer's predictions for the main (and denoising) queries."""
+        enc = self.encode(feats, sizes, image_hw)
+        return self.decode(enc, self.aux_maps(enc), dn)[0]
+
+    def decode(self, enc: EncoderOutput, maps: list[Tensor], dn: DenoisingQueries | None = None,
+               positives: Sequence[tuple[Tensor, Tensor | None]] = ()
+               ) -> tuple[QueryHeadOutput, list[tuple[Tensor, Tensor]]]:
+        """The main queries (after the denoising ones) and auxiliary head k's positive queries
+        ``positives[k]`` = (coords [B, M_k, 4] normalized cxcywh, feats [B, M_k, C]) in one
+        decoder pass (module docstring) -> (the main output, per head (logits [L, B, M_k, K],
+        boxes [L, B, M_k, 4]))."""
+        sel, main = self.main_queries(enc, dn)
+        groups = [main] + [self.positive_queries(coords, feats, k) for k, (coords, feats) in enumerate(positives)]
+        sizes = [g.size for g in groups]
+        dec = self.run_decoder(enc, join_groups(groups))
+        logits, boxes = (t.split(sizes, dim=2) for t in self.predict(dec))
+        main_dec = split_decoder_output(dec, sizes)[0] if len(groups) > 1 else dec
+        head = QueryHeadOutput(logits[0], boxes[0], maps, enc, sel, main_dec, dn)
+        return head, list(zip(logits[1:], boxes[1:]))
+
     def forward_positive(self, enc: EncoderOutput, coords: Tensor, feats: Tensor | None,
                          head: int) -> tuple[Tensor, Tensor]:
-        """One auxiliary head's positive queries through the decoder (no self-attention mask, the
-        same value maps as the main queries): coords [B, M, 4] normalized cxcywh, feats [B, M, C]
-        -> (logits [L, B, M, K], boxes [L, B, M, 4])."""
+        """One auxiliary head's positive queries in a decoder pass of their own, as official
+        (``decode`` joins them to the main pass): coords [B, M, 4] normalized cxcywh, feats
+        [B, M, C] -> (logits [L, B, M, K], boxes [L, B, M, 4])."""
+        return self.predict(self.run_decoder(enc, self.positive_queries(coords, feats, head)))
+
+    def positive_queries(self, coords: Tensor, feats: Tensor | None, head: int) -> QueryGroup:
         if self.positive is None:
             raise ValueError("this query head has no positive-query layers (num_co_heads 0 or with_pos_coord off)")
-        return self.predict(self.decode_positive(enc, coords, feats, head))
+        content, position = self.positive(coords, feats, head)
+        return QueryGroup(content, coords, position)
 
     @abstractmethod
-    def decode_positive(self, enc: EncoderOutput, coords: Tensor, feats: Tensor | None, head: int) -> DecoderOutput:
-        """The decoder pass of ``forward_positive`` (variant-specific queries)."""
+    def main_queries(self, enc: EncoderOutput, dn: DenoisingQueries | None) -> tuple[TokenSelection, QueryGroup]:
+        """The two-stage selection and the queries it gives (Co-DINO: after the denoising ones)."""
+
+    @abstractmethod
+    def run_decoder(self, enc: EncoderOutput, queries: QueryGroup) -> DecoderOutput:
+        """The variant's decoder on ``queries``."""
 
 
 class CoDeformableDETRHead(CoQueryHead):
@@ -143,23 +219,18 @@ class CoDeformableDETRHead(CoQueryHead):
         self.look_forward_twice = look_forward_twice
         self.query_embedding = nn.Embedding(num_queries, transformer.dim) if mixed_selection else None
 
-    def forward(self, feats: list[Tensor], sizes: Tensor, image_hw: tuple[int, int]) -> QueryHeadOutput:
-        enc = self.encode(feats, sizes, image_hw)
+    def main_queries(self, enc: EncoderOutput, dn: DenoisingQueries | None) -> tuple[TokenSelection, QueryGroup]:
         num_dec = len(self.transformer.decoder)
         sel = self.transformer.select_proposals(enc, self.cls_branches[num_dec], self.reg_branches[num_dec])
         boxes_unact = sel.gather(sel.coords_unact).detach()                      # [B, Q, 4]
         query_pos, content = self.transformer.proposal_queries(boxes_unact)
         if self.query_embedding is not None:  # mixed selection: learned content, proposal positions
             content = self.query_embedding.weight[None].expand(boxes_unact.shape[0], -1, -1)
-        dec = self.transformer.decode(content, query_pos, boxes_unact.sigmoid(), enc, self.reg_branches,
-                                      look_forward_twice=self.look_forward_twice)
-        logits, boxes = self.predict(dec)
-        return QueryHeadOutput(logits, boxes, self.aux_maps(enc), enc, sel, dec)
+        return sel, QueryGroup(content, boxes_unact.sigmoid(), query_pos)
 
-    def decode_positive(self, enc: EncoderOutput, coords: Tensor, feats: Tensor | None, head: int) -> DecoderOutput:
-        content, query_pos = self.positive(coords, feats, head)
-        return self.transformer.decode(content, query_pos, coords, enc, self.reg_branches,
-                                       look_forward_twice=self.look_forward_twice)
+    def run_decoder(self, enc: EncoderOutput, queries: QueryGroup) -> DecoderOutput:
+        return self.transformer.decode(queries.content, queries.position, queries.reference, enc, self.reg_branches,
+                                       queries.attn_mask, look_forward_twice=self.look_forward_twice)
 
 
 class CoDINOHead(CoQueryHead):
@@ -187,9 +258,7 @@ class CoDINOHead(CoQueryHead):
                                   self.label_noise, self.box_noise)
         return build_dn_queries(counts, noise[0], noise[1], self.label_embedding, groups, self.transformer.num_queries)
 
-    def forward(self, feats: list[Tensor], sizes: Tensor, image_hw: tuple[int, int],
-                dn: DenoisingQueries | None = None) -> QueryHeadOutput:
-        enc = self.encode(feats, sizes, image_hw)
+    def main_queries(self, enc: EncoderOutput, dn: DenoisingQueries | None) -> tuple[TokenSelection, QueryGroup]:
         num_dec = len(self.transformer.decoder)
         sel = self.transformer.select_queries(enc, self.cls_branches[num_dec], self.reg_branches[num_dec])
         reference_unact = sel.gather(sel.coords_unact).detach()                # [B, Q, 4]
@@ -200,12 +269,9 @@ class CoDINOHead(CoQueryHead):
             content = torch.cat([dn.content, content], 1)
             reference_unact = torch.cat([dn.boxes, reference_unact], 1)
             attn_mask = dn.attn_mask[:end, :end]
-        dec = self.transformer.decode(content, reference_unact.sigmoid(), enc, self.reg_branches, attn_mask)
-        if dn is not None and dn.pad_size == 0:  # no gt in the batch: keep the embedding in the graph (DDP)
-            dec = DecoderOutput(dec.hidden + 0.0 * self.label_embedding.weight[0, 0], dec.references)
-        logits, boxes = self.predict(dec)
-        return QueryHeadOutput(logits, boxes, self.aux_maps(enc), enc, sel, dec, dn)
+        elif dn is not None:  # no gt in the batch: keep the embedding in the graph (DDP)
+            content = content + 0.0 * self.label_embedding.weight[0, 0]
+        return sel, QueryGroup(content, reference_unact.sigmoid(), None, attn_mask)
 
-    def decode_positive(self, enc: EncoderOutput, coords: Tensor, feats: Tensor | None, head: int) -> DecoderOutput:
-        content, _ = self.positive(coords, feats, head)
-        return self.transformer.decode(content, coords, enc, self.reg_branches)
+    def run_decoder(self, enc: EncoderOutput, queries: QueryGroup) -> DecoderOutput:
+        return self.transformer.decode(queries.content, queries.reference, enc, self.reg_branches, queries.attn_mask)
