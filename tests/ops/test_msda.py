@@ -60,6 +60,17 @@ def test_backend_matches_naive_loop(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_far_outside_points_and_level_edges(backend):
+    """Points several maps away (their corners clamp onto valid rows with weight 0) and points
+    on the last row / column of a level (their far corners would be the next level's tokens)."""
+    value, shapes, loc, attn = inputs(torch.float64, seed=3)
+    loc = loc * 8 - 3.5                                                 # mostly far outside
+    wh = torch.tensor([[w, h] for h, w in shapes], dtype=loc.dtype)    # [L, 2]
+    loc[:, 0] = 1 - 0.25 / wh[:, None, :]                               # query 0: a quarter pixel from the far edges
+    torch.testing.assert_close(backend(value, shapes, loc, attn), naive(value, shapes, loc, attn))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_tensor_and_list_shapes_agree(backend):
     value, shapes, loc, attn = inputs(torch.float32, seed=1)
     assert torch.equal(backend(value, shapes, loc, attn), backend(value, torch.tensor(shapes), loc, attn))

@@ -169,31 +169,43 @@ def ms_deform_attn_grid_sample(value: Tensor, spatial_shapes: Shapes, sampling_l
     return out.view(B, M, D, Q).permute(0, 3, 1, 2).reshape(B, Q, M * D)
 
 
-def _bilinear_corners(shapes: list[tuple[int, int]], sampling_locations: Tensor,
-                      attention_weights: Tensor) -> tuple[Tensor, Tensor]:
+def _bilinear_corners(shapes: list[tuple[int, int]], sampling_locations: Tensor, attention_weights: Tensor,
+                      stacked: bool = False) -> tuple[Tensor, Tensor]:
     """The 4 bilinear corners of every sampling point as rows of one (image, head)'s value
-    table, with weight attention x bilinear weight (0 for corners outside the map).
-    returns rows [B, M, Q, L*P*4] in [0, S) and weights [B, M, Q, L*P*4]."""
+    table, with weight attention x bilinear weight (0 for corners outside the map, whose row is
+    then any valid one). ``stacked``: rows of the B * M tables stacked, (image, head) after
+    (image, head). returns rows [B, M, Q, 4*L*P] (int64) and weights [B, M, Q, 4*L*P] (float32
+    at least, whatever the inputs' dtype), corner-major: top-left, top-right, bottom-left,
+    bottom-right, each over (level, point).
+
+    Written for the CPU backends' cost, a few passes over the B*M*Q*L*P points, each over
+    contiguous memory: per axis the near / far pixel's weight (0 outside the map) once, each
+    corner's weight their product, and the rows the top-left corner's plus 0, 1, W_l, W_l + 1."""
     B, Q, M, L, P, _ = sampling_locations.shape
-    device, dtype = sampling_locations.device, sampling_locations.dtype
+    device, dtype = sampling_locations.device, torch.promote_types(sampling_locations.dtype, torch.float32)
     heights = torch.tensor([h for h, _ in shapes], dtype=dtype, device=device).view(L, 1)
     widths = torch.tensor([w for _, w in shapes], dtype=dtype, device=device).view(L, 1)
-    level_start = torch.tensor([0] + [h * w for h, w in shapes[:-1]], device=device).cumsum(0).view(L, 1)
-    loc = sampling_locations.transpose(1, 2)                                # [B, M, Q, L, P, 2]
-    px = loc[..., 0] * widths - 0.5                                         # pixel coordinates
-    py = loc[..., 1] * heights - 0.5
+    sizes = [h * w for h, w in shapes]
+    level_start = torch.tensor([sum(sizes[:i]) for i in range(L)], dtype=dtype, device=device).view(L, 1)
+    loc = sampling_locations.permute(5, 0, 2, 1, 3, 4).to(dtype).contiguous()   # [2, B, M, Q, L, P]
+    px = loc[0] * widths - 0.5                                                  # pixel coordinates
+    py = loc[1] * heights - 0.5
     x0, y0 = px.floor(), py.floor()
-    fx, fy = px - x0, py - y0                                               # [B, M, Q, L, P]
-    attn = attention_weights.transpose(1, 2)
-    rows, weights = [], []
-    for dx, dy, bilinear in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)),
-                             (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
-        x, y = x0 + dx, y0 + dy
-        inside = (x >= 0) & (x < widths) & (y >= 0) & (y < heights)        # zero padding
-        pixel = y.clamp(0, None).minimum(heights - 1) * widths + x.clamp(0, None).minimum(widths - 1)
-        rows.append(pixel.long() + level_start)
-        weights.append(bilinear * attn * inside)
-    return torch.stack(rows, -1).view(B, M, Q, L * P * 4), torch.stack(weights, -1).view(B, M, Q, L * P * 4)
+    fx, fy = px - x0, py - y0
+    zero = torch.zeros((), dtype=dtype, device=device)
+    wx = (torch.where((x0 >= 0) & (x0 < widths), 1 - fx, zero), torch.where((x0 >= -1) & (x0 < widths - 1), fx, zero))
+    attn = attention_weights.transpose(1, 2).to(dtype)
+    wy = (torch.where((y0 >= 0) & (y0 < heights), 1 - fy, zero) * attn,
+          torch.where((y0 >= -1) & (y0 < heights - 1), fy, zero) * attn)
+    corners = ((0, 0), (0, 1), (1, 0), (1, 1))                                  # (dy, dx)
+    weights = torch.stack([wy[dy] * wx[dx] for dy, dx in corners], 3)           # [B, M, Q, 4, L, P]
+    top_left = (y0 * widths).add_(x0).add_(level_start)                         # exact below 2**24 tokens
+    rows = torch.empty(B, M, Q, 4, L, P, dtype=torch.long, device=device)
+    table = torch.arange(B * M, device=device).view(B, M, 1, 1, 1) * sum(sizes) if stacked else 0
+    for c, (dy, dx) in enumerate(corners):
+        corner = top_left + dx if dy == 0 else top_left + (widths + dx)
+        rows[:, :, :, c] = corner.clamp_(0, sum(sizes) - 1).long() + table
+    return rows.view(B, M, Q, 4 * L * P), weights.view(B, M, Q, 4 * L * P)
 
 
 def ms_deform_attn_bag(value: Tensor, spatial_shapes: Shapes, sampling_locations: Tensor,
@@ -202,12 +214,10 @@ def ms_deform_attn_bag(value: Tensor, spatial_shapes: Shapes, sampling_locations
     shapes = int_shapes(spatial_shapes)
     B, S, M, D = value.shape
     Q = sampling_locations.shape[1]
-    rows, weights = _bilinear_corners(shapes, sampling_locations, attention_weights)
+    rows, weights = _bilinear_corners(shapes, sampling_locations, attention_weights, stacked=True)
     table = value.transpose(1, 2).reshape(B * M * S, D)                    # row (b, m, s)
-    image_head = torch.arange(B * M, device=value.device).view(B, M, 1, 1) * S
-    rows = (rows + image_head).view(B * M * Q, -1)
-    weights = weights.reshape(B * M * Q, -1).to(value.dtype)
-    out = F.embedding_bag(rows, table, per_sample_weights=weights, mode="sum")  # [B*M*Q, D]
+    out = F.embedding_bag(rows.view(B * M * Q, -1), table, per_sample_weights=weights.view(B * M * Q, -1).to(value.dtype),
+                          mode="sum")                                       # [B*M*Q, D]
     return out.view(B, M, Q, D).transpose(1, 2).reshape(B, Q, M * D)
 
 
