@@ -54,13 +54,15 @@ def test_overrides_reach_the_auxiliary_heads():
 
 
 def test_tiny_co_dino_trains_with_the_atss_head_alone():
-    """co_dino_tiny: one auxiliary head (ATSS) and one positive-query group, sized to overrides."""
+    """co_dino_tiny: one auxiliary head (ATSS, predictors straight on the maps) and one
+    positive-query group of at most 16 queries per image, sized to overrides."""
     model = codetr.create("co_dino_tiny", num_classes=5, embed_dims=64, pe_num_feats=32)
     c = model.config
     assert (c.rpn, c.roi_heads, c.num_co_heads) == (None, [], 1) and model.aux_heads.rpn_head is None
     assert c.atss_heads[0]["head"]["num_classes"] == 5 and c.atss_heads[0]["head"]["in_channels"] == 64
     assert c.atss_heads[0]["head"]["anchor_generator"]["strides"] == [8, 16, 32, 64, 128]
-    assert c == replace(c, **official_aux_heads(c, with_roi=False))
+    assert c == replace(c, **official_aux_heads(c, with_roi=False, atss_stacked_convs=0))
+    assert len(model.aux_heads.bbox_head[0].cls_tower) == 0 and c.max_pos_coords == 16
 
 
 def test_encoder_checkpointing_gives_the_same_outputs_and_gradients():

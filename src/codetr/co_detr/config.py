@@ -97,7 +97,8 @@ class CoDETRConfig:
 
 def official_aux_heads(c: CoDETRConfig, lambda_2: float = 2.0, fc_channels: int = 1024,
                        finest_scale: float = 56.0, rois_per_image: int = 512, train_proposals: int = 1000,
-                       train_nms_pre: int = 4000, roi_sampling_ratio: int = 0, with_roi: bool = True) -> dict:
+                       train_nms_pre: int = 4000, roi_sampling_ratio: int = 0, with_roi: bool = True,
+                       atss_stacked_convs: int = 1) -> dict:
     """The ``rpn``, ``roi_heads`` and ``atss_heads`` of the official configs
     (``co_dino_5scale_r50_1x_coco.py``, ``co_deformable_detr_r50_1x_coco.py``: one RPN + RoI head,
     one ATSS head), sized to ``c``: its classes, ``embed_dims`` channels, the strides of the query
@@ -106,18 +107,19 @@ def official_aux_heads(c: CoDETRConfig, lambda_2: float = 2.0, fc_channels: int 
     last four (official: 512, 1000, 4000, 0 = adaptive) size the RoI branch's training cost: RoIs
     sampled per image, proposals kept after the RPN's NMS and taken into it per level, RoIAlign
     points per bin and axis. ``with_roi=False``: the ATSS head alone (no RPN / RoI head; the
-    paper's K = 1 ablation), for ``num_co_heads=1``."""
+    paper's K = 1 ablation), for ``num_co_heads=1``. ``atss_stacked_convs``: the 3x3 conv + GN
+    layers of each ATSS tower (official 1; 0: the predictors read the maps directly)."""
     stride0 = 2 ** (min(c.backbone_stages) + 1)                          # stage 1 (C2) has stride 4
     strides = [stride0 * 2 ** i for i in range(c.num_levels + 1)]
     w = c.dec_layers * lambda_2
     if not with_roi:
-        return {"rpn": None, "roi_heads": [], "atss_heads": [_atss(c, strides, w)]}
+        return {"rpn": None, "roi_heads": [], "atss_heads": [_atss(c, strides, w, atss_stacked_convs)]}
     rpn = _rpn(c.embed_dims, strides, w)
     rpn["proposal"].update(nms_pre=train_nms_pre, max_per_img=train_proposals)
     roi = _roi(c, strides[:-1], w, fc_channels, finest_scale)
     roi["train"]["sampler"]["num"] = rois_per_image
     roi["head"]["bbox_roi_extractor"]["roi_layer"]["sampling_ratio"] = roi_sampling_ratio
-    return {"rpn": rpn, "roi_heads": [roi], "atss_heads": [_atss(c, strides, w)]}
+    return {"rpn": rpn, "roi_heads": [roi], "atss_heads": [_atss(c, strides, w, atss_stacked_convs)]}
 
 
 def _anchors(strides: list[int], octave_base_scale: int, scales_per_octave: int, ratios: list[float]) -> dict:
@@ -170,8 +172,8 @@ def _roi(c: CoDETRConfig, strides: list[int], w: float, fc_channels: int, finest
             "train": train, "test": test}
 
 
-def _atss(c: CoDETRConfig, strides: list[int], w: float) -> dict:
-    head = {"type": "CoATSSHead", "num_classes": c.num_classes, "in_channels": c.embed_dims, "stacked_convs": 1,
+def _atss(c: CoDETRConfig, strides: list[int], w: float, stacked_convs: int = 1) -> dict:
+    head = {"type": "CoATSSHead", "num_classes": c.num_classes, "in_channels": c.embed_dims, "stacked_convs": stacked_convs,
             "feat_channels": c.embed_dims, "anchor_generator": _anchors(strides, 8, 1, [1.0]),
             "bbox_coder": _coder([0.1, 0.1, 0.2, 0.2]),
             "loss_cls": {"type": "FocalLoss", "use_sigmoid": True, "gamma": 2.0, "alpha": 0.25, "loss_weight": w},
