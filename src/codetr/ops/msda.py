@@ -173,10 +173,10 @@ def _bilinear_corners(shapes: list[tuple[int, int]], sampling_locations: Tensor,
                       stacked: bool = False) -> tuple[Tensor, Tensor]:
     """The 4 bilinear corners of every sampling point as rows of one (image, head)'s value
     table, with weight attention x bilinear weight (0 for corners outside the map, whose row is
-    then any valid one). ``stacked``: rows of the B * M tables stacked, (image, head) after
-    (image, head). returns rows [B, M, Q, 4*L*P] (int64) and weights [B, M, Q, 4*L*P] (float32
-    at least, whatever the inputs' dtype), corner-major: top-left, top-right, bottom-left,
-    bottom-right, each over (level, point).
+    then any row of the table). ``stacked``: rows of the B * M tables stacked, (image, head)
+    after (image, head). returns rows [B, M, Q, 4*L*P] (int32) and weights [B, M, Q, 4*L*P]
+    (float32 at least, whatever the inputs' dtype), corner-major: top-left, top-right,
+    bottom-left, bottom-right, each over (level, point).
 
     Written for the CPU backends' cost, a few passes over the B*M*Q*L*P points, each over
     contiguous memory: per axis the near / far pixel's weight (0 outside the map) once, each
@@ -185,8 +185,6 @@ def _bilinear_corners(shapes: list[tuple[int, int]], sampling_locations: Tensor,
     device, dtype = sampling_locations.device, torch.promote_types(sampling_locations.dtype, torch.float32)
     heights = torch.tensor([h for h, _ in shapes], dtype=dtype, device=device).view(L, 1)
     widths = torch.tensor([w for _, w in shapes], dtype=dtype, device=device).view(L, 1)
-    sizes = [h * w for h, w in shapes]
-    level_start = torch.tensor([sum(sizes[:i]) for i in range(L)], dtype=dtype, device=device).view(L, 1)
     loc = sampling_locations.permute(5, 0, 2, 1, 3, 4).to(dtype).contiguous()   # [2, B, M, Q, L, P]
     px = loc[0] * widths - 0.5                                                  # pixel coordinates
     py = loc[1] * heights - 0.5
@@ -199,13 +197,26 @@ def _bilinear_corners(shapes: list[tuple[int, int]], sampling_locations: Tensor,
           torch.where((y0 >= -1) & (y0 < heights - 1), fy, zero) * attn)
     corners = ((0, 0), (0, 1), (1, 0), (1, 1))                                  # (dy, dx)
     weights = torch.stack([wy[dy] * wx[dx] for dy, dx in corners], 3)           # [B, M, Q, 4, L, P]
-    top_left = (y0 * widths).add_(x0).add_(level_start)                         # exact below 2**24 tokens
-    rows = torch.empty(B, M, Q, 4, L, P, dtype=torch.long, device=device)
-    table = torch.arange(B * M, device=device).view(B, M, 1, 1, 1) * sum(sizes) if stacked else 0
-    for c, (dy, dx) in enumerate(corners):
-        corner = top_left + dx if dy == 0 else top_left + (widths + dx)
-        rows[:, :, :, c] = corner.clamp_(0, sum(sizes) - 1).long() + table
-    return rows.view(B, M, Q, 4 * L * P), weights.view(B, M, Q, 4 * L * P)
+    return _corner_rows(shapes, x0, y0, stacked), weights.view(B, M, Q, 4 * L * P)
+
+
+def _corner_rows(shapes: list[tuple[int, int]], x0: Tensor, y0: Tensor, stacked: bool) -> Tensor:
+    """Rows [B, M, Q, 4*L*P] (int32) of the corners of the top-left pixels (x0, y0) [B, M, Q, L,
+    P]. Off-map coordinates are first clamped to within a pixel of the largest map (no integer
+    overflow), then the rows to the table: the corners they give have weight 0."""
+    B, M, Q, L, P = x0.shape
+    device, sizes = x0.device, [h * w for h, w in shapes]
+    x = x0.clamp(-1, max(w for _, w in shapes)).to(torch.int32)
+    y = y0.clamp(-1, max(h for h, _ in shapes)).to(torch.int32)
+    widths = torch.tensor([w for _, w in shapes], dtype=torch.int32, device=device).view(L, 1)
+    starts = torch.tensor([sum(sizes[:i]) for i in range(L)], dtype=torch.int32, device=device).view(L, 1)
+    first = torch.zeros((), dtype=torch.int32, device=device)                   # the table's first row
+    if stacked:
+        first = torch.arange(B * M, dtype=torch.int32, device=device).view(B, M, 1, 1, 1) * sum(sizes)
+    last = first + (sum(sizes) - 1)
+    top_left = (y * widths).add_(x).add_(starts).add_(first)
+    rows = [top_left, top_left + 1, top_left + widths, top_left + (widths + 1)]
+    return torch.stack([r.clamp_(first, last) for r in rows], 3).view(B, M, Q, 4 * L * P)
 
 
 def ms_deform_attn_bag(value: Tensor, spatial_shapes: Shapes, sampling_locations: Tensor,
@@ -232,7 +243,7 @@ def ms_deform_attn_dense(value: Tensor, spatial_shapes: Shapes, sampling_locatio
     rows, weights = _bilinear_corners(shapes, sampling_locations, attention_weights)
     # corners that fall on the same token add up, as the bilinear sum does; the scatter runs
     # in the weights' dtype (float32): CPU scatter_add in bfloat16 is ~10x slower
-    mixing = weights.new_zeros(B * M * Q, S).scatter_add(1, rows.view(B * M * Q, -1), weights.reshape(B * M * Q, -1))
+    mixing = weights.new_zeros(B * M * Q, S).scatter_add(1, rows.view(B * M * Q, -1).long(), weights.view(B * M * Q, -1))
     per_head = value.transpose(1, 2).reshape(B * M, S, D)
     out = torch.bmm(mixing.view(B * M, Q, S).to(value.dtype), per_head)     # [B*M, Q, D]
     return out.view(B, M, Q, D).transpose(1, 2).reshape(B, Q, M * D)
