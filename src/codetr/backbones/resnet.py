@@ -3,10 +3,22 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
-from torchvision.ops.misc import FrozenBatchNorm2d
+from torchvision.ops import misc
+
+
+class FrozenBatchNorm2d(misc.FrozenBatchNorm2d):
+    """torchvision's frozen BatchNorm (the same buffers and checkpoint keys) applied by the fused
+    inference kernel of ``F.batch_norm``: one pass over the map instead of a multiply and an add,
+    and the map's dtype kept (a bfloat16 map under autocast stays bfloat16, where torchvision's
+    float32 scale promotes it to float32 and the next convolution casts it back)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+
 
 def _group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(32, channels)
