@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from collections.abc import Callable
 from functools import cache
 
@@ -227,9 +228,54 @@ def ms_deform_attn_bag(value: Tensor, spatial_shapes: Shapes, sampling_locations
     Q = sampling_locations.shape[1]
     rows, weights = _bilinear_corners(shapes, sampling_locations, attention_weights, stacked=True)
     table = value.transpose(1, 2).reshape(B * M * S, D)                    # row (b, m, s)
-    out = F.embedding_bag(rows.view(B * M * Q, -1), table, per_sample_weights=weights.view(B * M * Q, -1).to(value.dtype),
-                          mode="sum")                                       # [B*M*Q, D]
+    out = WeightedBags.apply(rows.view(B * M * Q, -1), weights.view(B * M * Q, -1), table)   # [B*M*Q, D]
     return out.view(B, M, Q, D).transpose(1, 2).reshape(B, Q, M * D)
+
+
+class WeightedBags(torch.autograd.Function):
+    """out[n] = sum_k weights[n, k] * table[rows[n, k]]: rows [N, K] int32, weights [N, K]
+    float32, table [T, D] -> [N, D] in the table's dtype, forward by ``F.embedding_bag``.
+
+    Its own backward, ~3x faster than ``embedding_bag``'s on CPU and accumulated in float32
+    (bfloat16 ``embedding_bag`` sums a table row's thousands of contributions in bfloat16):
+
+    * d table = A^T grad, with A the [N, T] sparse matrix of the weights: the (n, k) entries
+      sorted by row make A^T's rows, summed by one ``embedding_bag`` over grad's rows;
+    * d weights[n, k] = <grad[n], table[rows[n, k]]>: ``torch.sparse.sampled_addmm`` on A's
+      pattern (grad @ table^T, computed only where A has entries)."""
+
+    @staticmethod
+    def forward(ctx, rows: Tensor, weights: Tensor, table: Tensor) -> Tensor:
+        ctx.save_for_backward(rows, weights, table)
+        return F.embedding_bag(rows, table, per_sample_weights=weights.to(table.dtype), mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[None, Tensor | None, Tensor | None]:
+        rows, weights, table = ctx.saved_tensors
+        grad = grad.to(weights.dtype)
+        grad_weights = grad_table = None
+        if ctx.needs_input_grad[2]:
+            entry_rows, order = rows.view(-1).sort()
+            counts = torch.bincount(entry_rows, minlength=table.shape[0])
+            grad_table = F.embedding_bag(order // rows.shape[1], grad, offsets=counts.cumsum(0) - counts,
+                                         per_sample_weights=weights.view(-1)[order], mode="sum").to(table.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_weights = sampled_rows_dot(rows, grad, table.to(weights.dtype))
+        return None, grad_weights, grad_table
+
+
+def sampled_rows_dot(rows: Tensor, left: Tensor, table: Tensor) -> Tensor:
+    """[N, K]: left[n] . table[rows[n, k]] (left [N, D], table [T, D]) without gathering the
+    N x K rows: the sampled product left @ table^T on the pattern of ``rows`` (CSR)."""
+    N, K = rows.shape
+    if K > table.shape[0]:  # sampled_addmm refuses CSR rows with more entries than columns
+        return (table[rows.long()] * left[:, None, :]).sum(-1)
+    crow = torch.arange(0, N * K + 1, K, dtype=rows.dtype, device=rows.device)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": the ops used here are not
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        pattern = torch.sparse_csr_tensor(crow, rows.reshape(-1), left.new_ones(N * K), size=(N, table.shape[0]),
+                                          check_invariants=False)  # valid by construction
+    return torch.sparse.sampled_addmm(pattern, left, table.t(), beta=0.0).values().view(N, K)
 
 
 def ms_deform_attn_dense(value: Tensor, spatial_shapes: Shapes, sampling_locations: Tensor,
