@@ -183,8 +183,7 @@ class CoQueryHead(nn.Module, ABC):
         sizes = [g.size for g in groups]
         dec = self.run_decoder(enc, join_groups(groups))
         logits, boxes = (t.split(sizes, dim=2) for t in self.predict(dec))
-        main_dec = split_decoder_output(dec, sizes)[0] if len(groups) > 1 else dec
-        head = QueryHeadOutput(logits[0], boxes[0], maps, enc, sel, main_dec, dn)
+        head = QueryHeadOutput(logits[0], boxes[0], maps, enc, sel, split_decoder_output(dec, sizes)[0], dn)
         return head, list(zip(logits[1:], boxes[1:]))
 
     def forward_positive(self, enc: EncoderOutput, coords: Tensor, feats: Tensor | None,
