@@ -143,3 +143,18 @@ def test_no_shape_read_back_in_the_transformer(zoo, monkeypatch):
             boxes = sel.gather(sel.coords_unact)
             query_pos, tgt = model.transformer.proposal_queries(boxes)
             model.transformer.decode(tgt, query_pos, boxes.sigmoid(), enc, model.bbox_embed)
+
+
+@pytest.mark.parametrize("zoo", ["deformable_detr_tiny", "dino_tiny"])
+def test_encoder_in_query_chunks_equals_one_pass(zoo, monkeypatch):
+    """Without autograd on CPU the encoder layers run their queries in chunks of EVAL_CHUNK
+    tokens over one value table: the memory equals the one-pass (autograd) memory, padding included."""
+    from codetr.detr import transformer
+    model = codetr.create(zoo, num_classes=3, **SMALL).eval()
+    images, sizes = torch.randn(2, 3, 64, 80), torch.tensor([[64, 80], [40, 52]])
+    _, whole = encoded(model, images, sizes)
+    monkeypatch.setattr(transformer, "EVAL_CHUNK", 37)           # not a divisor of S: a short last chunk
+    with torch.no_grad():
+        _, parts = encoded(model, images, sizes)
+        assert parts.memory.shape[1] > 2 * 37 and transformer.chunked(parts.memory)
+    torch.testing.assert_close(parts.memory, whole.memory.detach(), rtol=1e-5, atol=1e-5)

@@ -94,12 +94,20 @@ class MultiScaleDeformableAttention(nn.Module):
         padding_mask:     [B, S] True on padding
         returns           [B, Q, C]
         """
-        B, Q, _ = query.shape
-        M, L, P = self.num_heads, self.num_levels, self.num_points
+        return self.attend(query, reference_points, self.project_value(value, padding_mask), levels)
+
+    def project_value(self, value: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        """[B, S, C] -> the per-head value table [B, S, M, C / M], zero on padding."""
         v = self.value_proj(value)
         if padding_mask is not None:
             v = v.masked_fill(padding_mask[..., None], 0.0)
-        v = v.view(B, value.shape[1], M, self.embed_dim // M)
+        return v.view(*value.shape[:2], self.num_heads, self.embed_dim // self.num_heads)
+
+    def attend(self, query: Tensor, reference_points: Tensor, values: Tensor, levels: LevelLayout) -> Tensor:
+        """``forward`` on the value table of ``project_value``: each query's rows are its own, so
+        queries can be split into chunks that share one table."""
+        B, Q, _ = query.shape
+        M, L, P = self.num_heads, self.num_levels, self.num_points
         offsets = self.sampling_offsets(query).view(B, Q, M, L, P, 2)
         weights = F.softmax(self.attention_weights(query).view(B, Q, M, L * P), -1).view(B, Q, M, L, P)
         if reference_points.shape[-1] == 2:
@@ -110,4 +118,4 @@ class MultiScaleDeformableAttention(nn.Module):
                          + offsets / P * reference_points[:, :, None, :, None, 2:] * 0.5)
         else:
             raise ValueError(f"reference_points must end in 2 or 4 values, got {reference_points.shape[-1]}")
-        return self.output_proj(ms_deform_attn(v, levels.shapes, locations, weights, levels.hw))
+        return self.output_proj(ms_deform_attn(values, levels.shapes, locations, weights, levels.hw))
