@@ -51,7 +51,7 @@ import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 import codetr.zoo  # noqa: E402
-from codetr.backends import amp_dtype  # noqa: E402
+from codetr.backends import amp_dtype, configure_cpu_allocator  # noqa: E402
 import codetr.nn.deformable_attention as codetr_msda_site  # noqa: E402
 from codetr.assign.hungarian import HungarianMatcher  # noqa: E402
 from codetr.boxes import xyxy_to_cxcywh  # noqa: E402
@@ -362,6 +362,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="append the table (with command, machine, date) here")
     p.add_argument("--codetr-amp", nargs="+", default=["none"], choices=["none", "bf16", "auto"],
                    help="codetr runners: one per precision (HF runs float32)")
+    p.add_argument("--cpu-malloc", choices=["system", "reuse"], default="system",
+                   help="the process's allocator, for both models: glibc's default, or freed memory kept "
+                        "for reuse (codetr.backends.configure_cpu_allocator, what codetr's train / eval / "
+                        "predict set)")
     return p.parse_args(argv)
 
 
@@ -395,7 +399,8 @@ def report(args: argparse.Namespace, argv: list[str], runners: list[Runner], row
     command = "python benchmarks/bench_deformable_detr.py " + " ".join(argv)
     lines = [f"### {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}", "",
              f"- command: `{command.strip()}`", f"- machine: {machine_info()}",
-             f"- {versions()}", f"- input {args.size[0]}x{args.size[1]}, {args.boxes} target boxes/image, "
+             f"- {versions()}, CPU allocator: {args.cpu_malloc}",
+             f"- input {args.size[0]}x{args.size[1]}, {args.boxes} target boxes/image, "
              f"HF dropout: {args.hf_dropout}",
              *param_lines(runners), "", *TABLE_HEAD, *rows, ""]
     return "\n".join(lines)
@@ -405,6 +410,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.cpu_malloc == "reuse" and not configure_cpu_allocator():
+        raise SystemExit("--cpu-malloc reuse needs glibc")
     runners = build_runners(args.only, args.hf_dropout, args.codetr_amp)
     hot = HotTimer()
     hot.install(next((r.optimizer for r in runners if r.name == "codetr"), None))

@@ -32,6 +32,7 @@ import bench_deformable_detr as common  # noqa: E402  (sets the HF offline varia
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from codetr.backends import configure_cpu_allocator  # noqa: E402
 from bench_deformable_detr import (NUM_CLASSES, HotTimer, Inputs, Runner, adamw, hf_labels,  # noqa: E402
                                    make_inputs, valid_mask)
 
@@ -91,6 +92,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="append the table (with command, machine, date) here")
     p.add_argument("--codetr-amp", nargs="+", default=["none"], choices=["none", "bf16", "auto"],
                    help="codetr runners: one per precision (HF runs float32)")
+    p.add_argument("--cpu-malloc", choices=["system", "reuse"], default="system",
+                   help="the process's allocator, for both models: glibc's default, or freed memory kept "
+                        "for reuse (codetr.backends.configure_cpu_allocator, what codetr's train / eval / "
+                        "predict set)")
     return p.parse_args(argv)
 
 
@@ -109,7 +114,7 @@ def report(args: argparse.Namespace, argv: list[str], runners: list[Runner], row
     groups = 200 // (2 * args.boxes) if args.boxes else 0
     lines = [f"### DINO {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}", "",
              f"- command: `{command.strip()}`", f"- machine: {common.machine_info()}",
-             f"- {common.versions()}",
+             f"- {common.versions()}, CPU allocator: {args.cpu_malloc}",
              f"- input {args.size[0]}x{args.size[1]}, {args.boxes} target boxes/image "
              f"(codetr train: {groups} denoising groups = {2 * args.boxes * groups} extra queries)",
              *common.param_lines(runners), "", *common.TABLE_HEAD, *rows, ""]
@@ -120,6 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.cpu_malloc == "reuse" and not configure_cpu_allocator():
+        raise SystemExit("--cpu-malloc reuse needs glibc")
     runners = build_runners(args.only, args.codetr_amp)
     hot = HotTimer()
     hot.install(next((r.optimizer for r in runners if r.name == "codetr"), None))

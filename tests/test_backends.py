@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import copy
 import multiprocessing
+import os
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -162,3 +166,41 @@ def test_compiled_msda_with_gradients_uses_the_reference():
     ref_value = value.detach().requires_grad_()
     (ref_grad,) = torch.autograd.grad(ms_deform_attn_grid_sample(ref_value, shapes, loc, attn).sum(), ref_value)
     torch.testing.assert_close(grad, ref_grad)
+
+
+MAPPED_BLOCKS = r"""
+import ctypes, sys, torch
+from codetr.backends import configure_cpu_allocator
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                       "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+
+def mmapped_while_held():   # bytes in mmap'ed blocks while a 64 MiB tensor is alive
+    t = torch.empty(64 << 20, dtype=torch.uint8)
+    held = libc.mallinfo2().hblkhd
+    del t
+    return held
+
+before = mmapped_while_held()
+applied = configure_cpu_allocator(sys.argv[1])
+print(applied, before >= 64 << 20, mmapped_while_held() >= 64 << 20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc only")
+@pytest.mark.parametrize("device, env, expected", [
+    ("cpu", "", "True True False"),            # large blocks now come from the heap, not mmap
+    ("cpu", "system", "False True True"),      # the documented opt-out
+    ("cuda", "", "False True True"),           # a GPU run leaves the host allocator alone
+])
+def test_cpu_allocator_serves_large_blocks_from_the_heap(device, env, expected):
+    """``configure_cpu_allocator`` changes this process's glibc malloc (so it runs in a child):
+    a 64 MiB tensor is mmap'ed (page-faulted anew each time) before, and not after."""
+    result = subprocess.run([sys.executable, "-c", MAPPED_BLOCKS, device], capture_output=True, text=True,
+                            env={**os.environ, "CODETR_CPU_MALLOC": env}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == expected.split()

@@ -1,7 +1,10 @@
-"""GPU-side defaults and helpers: TF32, sync-free host-to-device tables, compiled inference.
+"""Device defaults and helpers: TF32, the CPU allocator, sync-free host-to-device tables,
+compiled inference.
 
 * ``configure_tf32``: float32 matmuls and convolutions in TF32 on Ampere and later GPUs (on by
   default when training or evaluating on such a GPU; ``CODETR_TF32=0`` turns it off);
+* ``configure_cpu_allocator``: freed CPU memory kept for reuse (on by default when training,
+  evaluating or predicting on the CPU under glibc; ``CODETR_CPU_MALLOC=system`` turns it off);
 * ``host_to_device``: a small table of Python numbers on the GPU without making the host wait
   for the GPU (the models build their per-forward level tables with it);
 * ``compile_inference``: opt-in ``torch.compile`` of a detector's eval-mode network pass;
@@ -10,7 +13,10 @@
 from __future__ import annotations
 
 import copy
+import ctypes
 import os
+import platform
+import sys
 from collections.abc import Sequence
 from types import MethodType
 from typing import Any
@@ -19,6 +25,8 @@ import torch
 from torch import Tensor, nn
 
 TF32_ENV = "CODETR_TF32"
+CPU_MALLOC_ENV = "CODETR_CPU_MALLOC"
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4   # glibc's mallopt parameters (malloc.h)
 TF32_MIN_CAPABILITY = (8, 0)  # Ampere: the first GPUs with TF32 tensor cores
 
 
@@ -66,6 +74,31 @@ def configure_tf32(enabled: bool | None = None, device: torch.device | str | Non
     torch.backends.cuda.matmul.fp32_precision = precision
     torch.backends.cudnn.conv.fp32_precision = precision
     return enabled
+
+
+def configure_cpu_allocator(device: torch.device | str = "cpu") -> bool:
+    """Keep freed CPU memory in the process for the next tensors, as a caching allocator does on
+    GPUs, unless the environment sets ``CODETR_CPU_MALLOC=system``. glibc serves every block of
+    32 MiB or more by a fresh ``mmap`` and returns it on free, so each step of a full-size model
+    page-faults gigabytes of new zeroed memory (activations, FFN hiddens): here all blocks come
+    from the heap (``M_MMAP_MAX`` 0) and the heap is never trimmed (``M_TRIM_THRESHOLD`` -1).
+    The process then holds its peak memory until it exits (the peak itself is unchanged).
+    DINO-R50 at 800x1066 on 2 cores: bf16 train step ~20% faster (benchmarks/RESULTS.md).
+    Applies only for a CPU ``device`` under glibc (Linux); process-wide, like ``configure_tf32``.
+    Returns whether it applied."""
+    if torch.device(device).type != "cpu" or os.environ.get(CPU_MALLOC_ENV, "").strip().lower() == "system":
+        return False
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)   # the C library this process runs on
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, -1))
+
+
+def apply_device_defaults(device: torch.device | str) -> None:
+    """What training, evaluation and prediction set up for ``device``: TF32 on Ampere+ GPUs
+    (``configure_tf32``) and the CPU allocator's reuse of freed memory (``configure_cpu_allocator``)."""
+    configure_tf32(device=device)
+    configure_cpu_allocator(device)
 
 
 def host_to_device(rows: Sequence[Sequence[int]] | Sequence[int], device: torch.device,

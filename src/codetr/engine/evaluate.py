@@ -29,7 +29,7 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from .. import distributed as du
-from ..backends import configure_tf32
+from ..backends import apply_device_defaults
 from ..structures import ClassInfo, Detections
 from .checkpoint import atomic_open
 
@@ -70,7 +70,7 @@ def collect_results(model: torch.nn.Module, loader: Iterable, classes: ClassInfo
     repeats), and the evaluated image ids. Complete on rank 0 (and on every rank)."""
     model = getattr(model, "module", model)  # DDP
     device = next(model.parameters()).device
-    configure_tf32(device=device)   # on Ampere+ GPUs unless CODETR_TF32=0
+    apply_device_defaults(device)   # TF32 on Ampere+ GPUs, CPU memory reuse (backends)
     per_image: dict[int, list[dict]] = {}
     for batch in tqdm(loader, desc="eval", disable=not (progress and du.is_main())):
         batch = batch.to(device)

@@ -23,6 +23,7 @@ from torchvision.utils import draw_segmentation_masks
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from ..backends import apply_device_defaults
 from ..detector import Detector
 from ..images import IMAGE_SUFFIXES, ImageReadError, load_rgb
 from ..structures import ClassInfo, Detections
@@ -208,6 +209,7 @@ def predict_files(model: Detector, inputs: Iterable[str | Path], out_dir: str | 
     if videos:
         require_av(videos[0])
     out_dir.mkdir(parents=True, exist_ok=True)
+    apply_device_defaults(next(model.parameters()).device)   # TF32 on Ampere+ GPUs, CPU memory reuse
     skipped: list[tuple[Path, str]] = []
     with logging_redirect_tqdm():
         records = predict_images(model, images, names, out_dir, score_threshold, batch_size, skipped, amp)

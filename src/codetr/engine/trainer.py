@@ -45,7 +45,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .. import distributed as du
-from ..backends import amp_dtype, configure_tf32
+from ..backends import amp_dtype, apply_device_defaults
 from ..config import ConfigError, RunConfig, TrainConfig
 from ..detector import LossOutput
 from ..structures import Batch, ClassInfo
@@ -82,7 +82,7 @@ class Trainer:
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         model.to(memory_format=self.memory_format)
-        configure_tf32(device=self.device)   # on Ampere+ GPUs unless CODETR_TF32=0
+        apply_device_defaults(self.device)   # TF32 on Ampere+ GPUs, CPU memory reuse (backends)
         self.amp_dtype = amp_dtype(cfg.train.amp, self.device)
         self.model = wrap_ddp(model, self.device, cfg.train.find_unused_parameters,
                               bf16_gradients=self.amp_dtype == torch.bfloat16)
