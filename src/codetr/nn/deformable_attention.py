@@ -97,11 +97,15 @@ class MultiScaleDeformableAttention(nn.Module):
         return self.attend(query, reference_points, self.project_value(value, padding_mask), levels)
 
     def project_value(self, value: Tensor, padding_mask: Tensor | None = None) -> Tensor:
-        """[B, S, C] -> the per-head value table [B, S, M, C / M], zero on padding."""
+        """[B, S, C] -> the per-head value table [B, S, M, C / M], zero on padding. On CPU its
+        memory is head-major ([B, M, S, C / M]), the rows the CPU backends read: the attention
+        calls that share the table (the encoder's query chunks) then share that one copy."""
+        B, S, _ = value.shape
         v = self.value_proj(value)
         if padding_mask is not None:
             v = v.masked_fill(padding_mask[..., None], 0.0)
-        return v.view(*value.shape[:2], self.num_heads, self.embed_dim // self.num_heads)
+        v = v.view(B, S, self.num_heads, self.embed_dim // self.num_heads)
+        return v.transpose(1, 2).contiguous().transpose(1, 2) if v.device.type == "cpu" else v
 
     def attend(self, query: Tensor, reference_points: Tensor, values: Tensor, levels: LevelLayout) -> Tensor:
         """``forward`` on the value table of ``project_value``: each query's rows are its own, so
