@@ -82,8 +82,9 @@ def configure_cpu_allocator(device: torch.device | str = "cpu") -> bool:
     32 MiB or more by a fresh ``mmap`` and returns it on free, so each step of a full-size model
     page-faults gigabytes of new zeroed memory (activations, FFN hiddens): here all blocks come
     from the heap (``M_MMAP_MAX`` 0) and the heap is never trimmed (``M_TRIM_THRESHOLD`` -1).
-    The process then holds its peak memory until it exits (the peak itself is unchanged).
-    DINO-R50 at 800x1066 on 2 cores: bf16 train step ~20% faster (benchmarks/RESULTS.md).
+    The process then holds its peak memory until it exits, and the peak can rise with the
+    heap's fragmentation. DINO-R50 train step at 800x1066 on 2 cores: float32 ~25% faster
+    (peak RSS 6.8 -> 7.8 GB), bfloat16 ~20% (benchmarks/RESULTS.md).
     Applies only for a CPU ``device`` under glibc (Linux); process-wide, like ``configure_tf32``.
     Returns whether it applied."""
     if torch.device(device).type != "cpu" or os.environ.get(CPU_MALLOC_ENV, "").strip().lower() == "system":
