@@ -184,40 +184,43 @@ def _bilinear_corners(shapes: list[tuple[int, int]], sampling_locations: Tensor,
     corner's weight their product, and the rows the top-left corner's plus 0, 1, W_l, W_l + 1."""
     B, Q, M, L, P, _ = sampling_locations.shape
     device, dtype = sampling_locations.device, torch.promote_types(sampling_locations.dtype, torch.float32)
-    heights = torch.tensor([h for h, _ in shapes], dtype=dtype, device=device).view(L, 1)
-    widths = torch.tensor([w for _, w in shapes], dtype=dtype, device=device).view(L, 1)
-    loc = sampling_locations.permute(5, 0, 2, 1, 3, 4).to(dtype).contiguous()   # [2, B, M, Q, L, P]
+    # per-level sizes repeated for each point: [L*P] tables broadcast over the last dimension,
+    # several times faster on CPU than [L, 1] ones (an inner loop of P elements)
+    heights = torch.tensor([h for h, _ in shapes], dtype=dtype, device=device).repeat_interleave(P)
+    widths = torch.tensor([w for _, w in shapes], dtype=dtype, device=device).repeat_interleave(P)
+    loc = sampling_locations.permute(5, 0, 2, 1, 3, 4).to(dtype).reshape(2, B, M, Q, L * P)
     px = loc[0] * widths - 0.5                                                  # pixel coordinates
     py = loc[1] * heights - 0.5
     x0, y0 = px.floor(), py.floor()
     fx, fy = px - x0, py - y0
     zero = torch.zeros((), dtype=dtype, device=device)
     wx = (torch.where((x0 >= 0) & (x0 < widths), 1 - fx, zero), torch.where((x0 >= -1) & (x0 < widths - 1), fx, zero))
-    attn = attention_weights.transpose(1, 2).to(dtype)
+    attn = attention_weights.transpose(1, 2).to(dtype).reshape(B, M, Q, L * P)
     wy = (torch.where((y0 >= 0) & (y0 < heights), 1 - fy, zero) * attn,
           torch.where((y0 >= -1) & (y0 < heights - 1), fy, zero) * attn)
     corners = ((0, 0), (0, 1), (1, 0), (1, 1))                                  # (dy, dx)
-    weights = torch.stack([wy[dy] * wx[dx] for dy, dx in corners], 3)           # [B, M, Q, 4, L, P]
-    return _corner_rows(shapes, x0, y0, stacked), weights.view(B, M, Q, 4 * L * P)
+    weights = torch.stack([wy[dy] * wx[dx] for dy, dx in corners], 3)           # [B, M, Q, 4, L*P]
+    return _corner_rows(shapes, x0, y0, P, stacked), weights.view(B, M, Q, 4 * L * P)
 
 
-def _corner_rows(shapes: list[tuple[int, int]], x0: Tensor, y0: Tensor, stacked: bool) -> Tensor:
-    """Rows [B, M, Q, 4*L*P] (int32) of the corners of the top-left pixels (x0, y0) [B, M, Q, L,
-    P]. Off-map coordinates are first clamped to within a pixel of the largest map (no integer
+def _corner_rows(shapes: list[tuple[int, int]], x0: Tensor, y0: Tensor, num_points: int, stacked: bool) -> Tensor:
+    """Rows [B, M, Q, 4*L*P] (int32) of the corners of the top-left pixels (x0, y0) [B, M, Q,
+    L*P]. Off-map coordinates are first clamped to within a pixel of the largest map (no integer
     overflow), then the rows to the table: the corners they give have weight 0."""
-    B, M, Q, L, P = x0.shape
+    B, M, Q, _ = x0.shape
     device, sizes = x0.device, [h * w for h, w in shapes]
     x = x0.clamp(-1, max(w for _, w in shapes)).to(torch.int32)
     y = y0.clamp(-1, max(h for h, _ in shapes)).to(torch.int32)
-    widths = torch.tensor([w for _, w in shapes], dtype=torch.int32, device=device).view(L, 1)
-    starts = torch.tensor([sum(sizes[:i]) for i in range(L)], dtype=torch.int32, device=device).view(L, 1)
+    widths = torch.tensor([w for _, w in shapes], dtype=torch.int32, device=device).repeat_interleave(num_points)
+    starts = torch.tensor([sum(sizes[:i]) for i in range(len(shapes))], dtype=torch.int32,
+                          device=device).repeat_interleave(num_points)
     first = torch.zeros((), dtype=torch.int32, device=device)                   # the table's first row
     if stacked:
-        first = torch.arange(B * M, dtype=torch.int32, device=device).view(B, M, 1, 1, 1) * sum(sizes)
+        first = torch.arange(B * M, dtype=torch.int32, device=device).view(B, M, 1, 1) * sum(sizes)
     last = first + (sum(sizes) - 1)
     top_left = (y * widths).add_(x).add_(starts).add_(first)
     rows = [top_left, top_left + 1, top_left + widths, top_left + (widths + 1)]
-    return torch.stack([r.clamp_(first, last) for r in rows], 3).view(B, M, Q, 4 * L * P)
+    return torch.stack([r.clamp_(first, last) for r in rows], 3).view(B, M, Q, -1)
 
 
 def ms_deform_attn_bag(value: Tensor, spatial_shapes: Shapes, sampling_locations: Tensor,
