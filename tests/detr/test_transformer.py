@@ -158,3 +158,26 @@ def test_encoder_in_query_chunks_equals_one_pass(zoo, monkeypatch):
         _, parts = encoded(model, images, sizes)
         assert parts.memory.shape[1] > 2 * 37 and transformer.chunked(parts.memory)
     torch.testing.assert_close(parts.memory, whole.memory.detach(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_query_self_attention_equals_torch_multihead_attention(with_mask):
+    """The decoder's self-attention is nn.MultiheadAttention's computation under its parameter
+    names: its state dict loads strictly and the outputs agree, a boolean mask blocking (True)
+    the same pairs; the gradients too."""
+    from codetr.nn import QuerySelfAttention
+    torch.manual_seed(0)
+    ref = torch.nn.MultiheadAttention(32, 4, batch_first=True)
+    ours = QuerySelfAttention(32, 4)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    tgt, pos = torch.randn(2, 7, 32, requires_grad=True), torch.randn(2, 7, 32)
+    blocked = (torch.rand(7, 7) < 0.4).fill_diagonal_(False) if with_mask else None
+    q = tgt + pos
+    expected = ref(q, q, tgt, attn_mask=blocked, need_weights=False)[0]
+    got = ours(q, tgt, blocked)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    grad_ref, = torch.autograd.grad(expected.square().sum(), tgt)
+    grad_ours, = torch.autograd.grad(got.square().sum(), tgt)
+    torch.testing.assert_close(grad_ours, grad_ref, rtol=1e-5, atol=1e-6)
+    if with_mask:   # the mask matters: without it the outputs differ
+        assert not torch.allclose(ours(q, tgt, None), expected, atol=1e-4)

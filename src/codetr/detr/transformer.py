@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..boxes import inverse_sigmoid
-from ..nn import LevelLayout, MultiScaleDeformableAttention, sine_embed
+from ..nn import LevelLayout, MultiScaleDeformableAttention, QuerySelfAttention, sine_embed
 from ..ops.msda import exporting
 
 
@@ -233,7 +233,7 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.cross_attn = MultiScaleDeformableAttention(dim, num_levels, num_heads, num_points)
         self.norm1 = nn.LayerNorm(dim)
-        self.self_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        self.self_attn = QuerySelfAttention(dim, num_heads, dropout)
         self.norm2 = nn.LayerNorm(dim)
         self.linear1 = nn.Linear(dim, ffn_dim)
         self.linear2 = nn.Linear(ffn_dim, dim)
@@ -242,8 +242,7 @@ class DecoderLayer(nn.Module):
 
     def forward(self, tgt: Tensor, query_pos: Tensor, reference_points: Tensor, enc: EncoderOutput,
                 self_attn_mask: Tensor | None = None) -> Tensor:
-        q = k = tgt + query_pos
-        attn = self.self_attn(q, k, tgt, attn_mask=self_attn_mask, need_weights=False)[0]
+        attn = self.self_attn(tgt + query_pos, tgt, self_attn_mask)
         tgt = self.norm2(tgt + self.dropout(attn))
         attn = self.cross_attn(tgt + query_pos, reference_points, enc.memory, enc.levels, enc.padding_mask)
         tgt = self.norm1(tgt + self.dropout(attn))

@@ -1,4 +1,4 @@
-"""Feed-forward heads and positional encodings."""
+"""Feed-forward heads, the decoder queries' self-attention and positional encodings."""
 from __future__ import annotations
 
 import math
@@ -23,6 +23,49 @@ class MLP(nn.Module):
             if i < len(self.layers) - 1:
                 x = F.relu(x)
         return x
+
+
+class QuerySelfAttention(nn.Module):
+    """Multi-head attention among a decoder's queries, batch first, with the parameters of
+    ``nn.MultiheadAttention`` (``in_proj_weight`` [3C, C] / ``in_proj_bias`` packed q, k, v;
+    ``out_proj``), so official checkpoints load as they are. ``nn.MultiheadAttention`` leaves
+    its fused path under autocast or autograd and projects [Q, B, C] transposed views: there
+    ``F.linear`` cannot fold the batch and expands the weight to a [Q, C, C] batched product
+    (DINO-R50 bf16 eval of two images: ~1 s of 1.6). Here every projection is one matrix
+    product over the B * Q rows; q and k (the same input) share one."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads, self.dropout = num_heads, dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * dim))
+        self.out_proj = nn.Linear(dim, dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``nn.MultiheadAttention``'s init."""
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.in_proj_bias)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, query_key: Tensor, value: Tensor, blocked: Tensor | None = None) -> Tensor:
+        """query_key (queries and keys, the same tokens), value [B, Q, C]; ``blocked`` [Q, Q]
+        True where query i may not attend to key j -> [B, Q, C]."""
+        B, Q, C = value.shape
+        qk = F.linear(query_key, self.in_proj_weight[:2 * C], self.in_proj_bias[:2 * C])
+        v = F.linear(value, self.in_proj_weight[2 * C:], self.in_proj_bias[2 * C:])
+
+        def heads(x: Tensor) -> Tensor:                                    # [B, Q, C] -> [B, H, Q, C / H]
+            return x.view(B, Q, self.num_heads, C // self.num_heads).transpose(1, 2)
+
+        mask = None
+        if blocked is not None:   # additive, as nn.MultiheadAttention turns a boolean mask
+            mask = torch.zeros(blocked.shape, dtype=v.dtype, device=v.device).masked_fill_(blocked, float("-inf"))
+        out = F.scaled_dot_product_attention(heads(qk[..., :C]), heads(qk[..., C:]), heads(v), mask,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(out.transpose(1, 2).reshape(B, Q, C))
 
 
 def sine_embed(coords: Tensor, num_feats: int, temperature: float = 10000.0, scale: float = 2 * math.pi,
